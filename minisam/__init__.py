@@ -1,0 +1,44 @@
+"""minisam: Segment Anything (Kirillov et al. 2023) rebuilt in NumPy and Numba.
+
+Drop-in for the official ``segment_anything`` package: change the import, keep the code.
+
+    from minisam import sam_model_registry, SamPredictor, SamAutomaticMaskGenerator
+
+Names are imported lazily so that ``import minisam`` stays cheap (no Numba compilation).
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+from .errors import (CheckpointError, ConfigError, DownloadError, ImageError,  # noqa: F401
+                     MinisamError, PromptError)
+
+_LAZY = {
+    "load_state_dict": "minisam.checkpoint",
+    "build_sam": "minisam.build",
+    "sam_model_registry": "minisam.build",
+    "build_sam_vit_b": "minisam.build",
+    "build_sam_vit_l": "minisam.build",
+    "build_sam_vit_h": "minisam.build",
+    "Sam": "minisam.sam",
+    "SamConfig": "minisam.config",
+    "SamPredictor": "minisam.predictor",
+    "SamAutomaticMaskGenerator": "minisam.automatic_mask_generator",
+    "ResizeLongestSide": "minisam.transforms",
+}
+
+__all__ = sorted(list(_LAZY) + ["CheckpointError", "ConfigError", "DownloadError", "ImageError",
+                                "MinisamError", "PromptError", "__version__"])
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'minisam' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

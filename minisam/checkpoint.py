@@ -101,6 +101,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         except KeyError:
             raise CheckpointError(f"{self.path}: storage {key!r} is missing (no zip member {member!r})") from None
         nbytes = numel * stype.dtype.itemsize
+        _check_member_size(self.path, info)
         if info.file_size < nbytes:
             raise CheckpointError(f"{self.path}: storage {key!r} holds {info.file_size} bytes, "
                                   f"but {numel} x {stype.name} needs {nbytes}")
@@ -158,6 +159,21 @@ def _view(path, storage: _Storage, offset, size, stride) -> np.ndarray:
     return out
 
 
+MAX_COMPRESSION_RATIO = 50  # float weights compress ~1.1x; zeros (a zip bomb) ~1000x
+
+
+def _check_member_size(path: str, info: zipfile.ZipInfo) -> None:
+    """Bound what reading a member can cost: stored members are their own size, compressed
+    ones may not inflate beyond MAX_COMPRESSION_RATIO (torch itself writes stored members)."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            raise CheckpointError(f"{path}: zip member {info.filename!r} declares {info.file_size} bytes "
+                                  f"but stores {info.compress_size}")
+    elif info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1) + 4096:
+        raise CheckpointError(f"{path}: zip member {info.filename!r} would inflate {info.compress_size} bytes "
+                              f"to {info.file_size} (a zip bomb?)")
+
+
 def _load_torch_zip(path: str, zf: zipfile.ZipFile) -> dict:
     names = zf.namelist()
     if len(set(names)) != len(names):
@@ -175,6 +191,7 @@ def _load_torch_zip(path: str, zf: zipfile.ZipFile) -> dict:
         if value != "little":
             raise CheckpointError(f"{path}: byte order is {value!r}; only little-endian checkpoints are supported")
     info = zf.getinfo(pkls[0])
+    _check_member_size(path, info)
     if info.file_size > MAX_PICKLE_BYTES:
         raise CheckpointError(f"{path}: {pkls[0]} is {info.file_size} bytes, too large for a state dict")
     try:
@@ -267,6 +284,21 @@ def _load_safetensors(path: str, f, file_size: int) -> Dict[str, np.ndarray]:
 
 
 def _load_npz(path: str, f) -> Dict[str, np.ndarray]:
+    with zipfile.ZipFile(f) as zf:
+        for info in zf.infolist():
+            _check_member_size(path, info)
+            with zf.open(info) as member:  # the .npy header must fit the member's size
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(member)
+                if dtype.hasobject:
+                    raise CheckpointError(f"{path}: {info.filename} holds Python objects, refused")
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if need > info.file_size:
+                    raise CheckpointError(f"{path}: {info.filename} declares shape {shape} ({need} bytes) "
+                                          f"in a {info.file_size}-byte member")
+    f.seek(0)
     try:
         with np.load(f, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -282,6 +314,19 @@ def load_state_dict(path) -> Dict[str, np.ndarray]:
     names; :func:`minisam.build.build_sam` maps HF names). Every failure is a
     :class:`CheckpointError` naming the file and the problem.
     """
+    try:
+        return _load_state_dict(path)
+    except CheckpointError:
+        raise
+    except MemoryError:
+        raise CheckpointError(f"{os.fspath(path)}: not enough memory for what the file declares") from None
+    except RecursionError:
+        raise CheckpointError(f"{os.fspath(path)}: structure nests too deeply") from None
+    except Exception as exc:  # a damaged file can trip zipfile/numpy in many ways; all mean "unreadable"
+        raise CheckpointError(f"{os.fspath(path)}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _load_state_dict(path) -> Dict[str, np.ndarray]:
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
@@ -306,7 +351,7 @@ def load_state_dict(path) -> Dict[str, np.ndarray]:
                     f.seek(0)
                     return _load_npz(path, f)
                 raise CheckpointError(f"{path}: a zip archive that is neither a torch checkpoint nor an .npz")
-        if len(magic) == 8 and int.from_bytes(magic, "little") < size and f.read(9)[8:9] == b"{":
+        if len(magic) == 8 and f.read(9)[8:9] == b"{":  # u64 header length, then the JSON header
             f.seek(0)
             return _load_safetensors(path, f, size)
         if magic[:2] == b"\x80\x02":

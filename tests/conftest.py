@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("MPLBACKEND", "Agg")  # headless figures in every test
+
 import numpy as np
 import pytest
 

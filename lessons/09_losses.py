@@ -1,0 +1,204 @@
+"""Lesson 09: the losses SAM is trained with (focal + dice at 20:1, IoU MSE, min over masks).
+
+Paper: Kirillov et al. 2023, section 3 and appendix A ("Losses"). Code: minisam/losses.py.
+Run: ``MPLBACKEND=Agg python lessons/09_losses.py --out out/09`` (about 5 s, no torch).
+
+SAM predicts, for every pixel, a logit x; p = sigmoid(x) is the probability that the pixel
+belongs to the object. Training compares these maps with a ground-truth mask g in {0, 1}.
+A mask is a very unbalanced classification problem: most pixels are far from the object's
+boundary and trivially right (the "easy" pixels), a thin band around the boundary is hard,
+and the object itself may cover 1% of the image. Plain binary cross-entropy (BCE) averages
+over all pixels, so thousands of easy pixels drown the few hard ones. SAM fixes this twice:
+
+- **focal loss** (Lin et al. 2017) multiplies BCE by (1 - p_t)^gamma, which is ~0 for a pixel
+  already right with confidence p_t -> 1, so the average is driven by the hard pixels;
+- **dice loss** scores the overlap of the whole mask, 1 - 2|P & G| / (|P| + |G|), which does
+  not care how many background pixels there are.
+
+They are mixed 20:1 (focal:dice). The IoU head learns with a mean squared error against the
+IoU of the mask it scored. For an ambiguous click SAM outputs three masks and only the one
+with the lowest loss is trained ("we backprop only the minimum loss").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+
+from minisam.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--out", default=os.path.join("out", "09"), help="folder for the figures")
+args = parser.parse_args()
+os.makedirs(args.out, exist_ok=True)
+np.set_printoptions(precision=4, suppress=True)
+
+
+def logit(p):
+    return np.log(p) - np.log1p(-p)
+
+
+def per_pixel_focal(logits, targets, **kw):
+    """sigmoid_focal_loss averages each mask over its pixels; one-pixel masks give per-pixel values."""
+    flat = np.asarray(logits, np.float64).reshape(-1, 1, 1)      # [HW, 1, 1] one "mask" per pixel
+    return sigmoid_focal_loss(flat, np.asarray(targets, np.float64).reshape(-1, 1, 1), **kw
+                              ).reshape(np.shape(logits))        # [HW] -> [H, W]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. BCE versus focal loss, pixel by pixel
+# ---------------------------------------------------------------------------------------------
+# For a foreground pixel (y = 1) BCE = -log p. With gamma = 2 focal loss multiplies it by
+# (1 - p)^2 (and alpha_t = 0.25 for positives, 0.75 for negatives). An easy pixel (p = 0.99)
+# keeps 1e-4 of its BCE; a hard one (p = 0.1) keeps 81%.
+print("1. BCE vs focal loss (y = 1, alpha = 0.25, gamma = 2)")
+print(f"{'p':>6} {'BCE':>9} {'focal':>10} {'focal/BCE':>10}")
+for p in [0.1, 0.5, 0.9, 0.99, 0.999]:
+    x = np.array([[[logit(p)]]])                                 # [1, 1, 1]
+    bce = float(sigmoid_focal_loss(x, np.ones_like(x), alpha=-1, gamma=0)[0])
+    focal = float(sigmoid_focal_loss(x, np.ones_like(x))[0])
+    print(f"{p:6.3f} {bce:9.4f} {focal:10.2e} {focal / bce:10.2e}")
+
+# A mask of 10 000 pixels: 9 900 easy background pixels (p = 0.01) and 100 hard foreground
+# pixels (p = 0.3). Which part of the loss do the hard pixels make?
+easy = np.full(9900, logit(0.01))
+hard = np.full(100, logit(0.3))
+logits = np.concatenate([easy, hard])[None, :, None]             # [1, 10000, 1]
+targets = np.concatenate([np.zeros(9900), np.ones(100)])[None, :, None]
+for name, kw in [("BCE", dict(alpha=-1, gamma=0)), ("focal", dict())]:
+    per_pixel = per_pixel_focal(logits, targets, **kw)           # [1, 10000, 1]
+    share = per_pixel[0, 9900:].sum() / per_pixel.sum()
+    print(f"   {name:5s}: the 1% hard pixels carry {100 * share:5.1f}% of the loss")
+
+# The gradient is derived in the docstring of sigmoid_focal_loss; check it with central
+# differences (float64), no autograd needed.
+rng = np.random.default_rng(0)
+x = rng.normal(0, 3, (2, 4, 5))                                  # [M, H, W]
+y = (rng.random((2, 4, 5)) < 0.4).astype(np.float64)             # [M, H, W]
+_, grad = sigmoid_focal_loss(x, y, grad=True)                    # [M, H, W]
+fd = np.zeros_like(x)
+for idx in np.ndindex(x.shape):
+    up, down = x.copy(), x.copy()
+    up[idx] += 1e-6
+    down[idx] -= 1e-6
+    fd[idx] = (sigmoid_focal_loss(up, y).sum() - sigmoid_focal_loss(down, y).sum()) / 2e-6
+print(f"   focal gradient vs finite differences: max abs err {np.abs(fd - grad).max():.2e} "
+      f"(gradient size {np.abs(grad).max():.2e})")
+
+# Figure 1: loss against p for y = 1 and y = 0, gamma = 0 (BCE), 1, 2, 5 (alpha off, as in
+# Lin et al.'s figure 1, so only the modulating factor differs).
+p = np.linspace(0.001, 0.999, 400)
+fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+for ax, y_value in zip(axes, [1, 0]):
+    for gamma in [0, 1, 2, 5]:
+        x = logit(p)[:, None, None]                              # [400, 1, 1]
+        loss = sigmoid_focal_loss(x, np.full_like(x, y_value), alpha=-1, gamma=gamma)   # [400]
+        ax.plot(p, loss, label=f"gamma = {gamma}" + (" (BCE)" if gamma == 0 else ""))
+    ax.set(title=f"target y = {y_value}", xlabel="predicted p = sigmoid(x)", ylabel="loss", ylim=(0, 5))
+    ax.axvspan(*((0.6, 1.0) if y_value == 1 else (0.0, 0.4)), color="g", alpha=0.08, label="well classified")
+    ax.legend()
+fig.suptitle("Focal loss (1 - p_t)^gamma * BCE: easy pixels stop counting")
+fig.tight_layout()
+fig.savefig(os.path.join(args.out, "focal_curves.png"), dpi=100)
+plt.close(fig)
+
+# ---------------------------------------------------------------------------------------------
+# 2. Dice on unbalanced masks
+# ---------------------------------------------------------------------------------------------
+# A 100 x 100 image whose object is a 10 x 10 square (1% of the pixels). Three predictions:
+# "all background", "the object, half confident", "the object plus a ring around it".
+h = w = 100
+rows, cols = np.mgrid[0:h, 0:w]
+obj = ((rows >= 45) & (rows < 55) & (cols >= 45) & (cols < 55)).astype(np.float64)   # [H, W]
+ring = ((rows >= 40) & (rows < 60) & (cols >= 40) & (cols < 60)).astype(np.float64)  # [H, W]
+predictions = {
+    "all background (x = -4)": np.full((h, w), -4.0),
+    "object at p = 0.6": np.where(obj > 0, logit(0.6), -4.0),
+    "object + ring, confident": np.where(ring > 0, 4.0, -4.0),
+}
+print("\n2. Dice vs BCE when the object is 1% of the image")
+print(f"{'prediction':28s} {'BCE':>7} {'focal':>8} {'dice':>6} {'IoU':>5}")
+for name, x in predictions.items():
+    bce = sigmoid_focal_loss(x[None], obj[None], alpha=-1, gamma=0)[0]
+    print(f"{name:28s} {bce:7.4f} {sigmoid_focal_loss(x[None], obj[None])[0]:8.5f} "
+          f"{dice_loss(x[None], obj[None])[0]:6.3f} {mask_iou(x[None], obj[None])[0]:5.2f}")
+print("   BCE barely minds missing the whole object (the background is right); dice is ~1.")
+# Dice is computed on probabilities, not on thresholded masks: the 9 900 background pixels
+# at p = sigmoid(-4) = 0.018 add up to ~178 pixels of "soft" false positive, more than the
+# 100-pixel object. That is why the correct mask at p = 0.6 still has dice 0.64 and why dice
+# pushes every background pixel towards p = 0, however many there are.
+soft_background = float((1 / (1 + np.exp(4.0))) * (h * w - obj.sum()))
+print(f"   soft false-positive mass of the background at x = -4: {soft_background:.0f} pixels")
+
+# ---------------------------------------------------------------------------------------------
+# 3. The 20:1 mix
+# ---------------------------------------------------------------------------------------------
+# Focal loss is a per-pixel mean of small numbers (alpha_t <= 0.75, (1 - p_t)^2 <= 1), so on
+# a real mask it is ~0.01-0.1, while dice is in [0, 1]. The factor 20 brings them to a
+# comparable size, so that the pixel-wise and the overlap signal both count.
+print("\n3. 20 * focal + dice")
+for name, x in predictions.items():
+    focal = sigmoid_focal_loss(x[None], obj[None])[0]
+    dice = dice_loss(x[None], obj[None])[0]
+    print(f"   {name:28s} 20 * focal = {20 * focal:6.3f}   dice = {dice:5.3f}   sum = {20 * focal + dice:6.3f}")
+
+# ---------------------------------------------------------------------------------------------
+# 4. The minimum over the three outputs
+# ---------------------------------------------------------------------------------------------
+# A click on a shirt may mean the shirt or the whole person. SAM outputs three masks; the
+# loss of each output is 20 * focal + dice, and only the smallest is trained, together with
+# the IoU head's score for that output. The other two outputs get no gradient at all, so
+# they remain free to specialise on the other plausible objects.
+candidates = np.stack([predictions["object at p = 0.6"], predictions["object + ring, confident"],
+                       predictions["all background (x = -4)"]])          # [3, H, W]
+iou_pred = np.array([0.7, 0.9, 0.1])                                     # [3] the IoU head
+total, index, dlogits, diou = sam_loss(candidates, iou_pred, obj, grad=True)
+per_output = [20 * sigmoid_focal_loss(c[None], obj[None])[0] + dice_loss(c[None], obj[None])[0]
+              for c in candidates]
+print("\n4. Minimum over masks: per-output 20 focal + dice =", np.array(per_output))
+print(f"   sam_loss picks output {index}, total (with IoU MSE) = {total:.4f}")
+print("   gradient norm per output:", np.sqrt((dlogits ** 2).sum(axis=(1, 2))), " d iou_pred:", diou)
+
+# ---------------------------------------------------------------------------------------------
+# 5. Where the focal loss lives on a predicted mask
+# ---------------------------------------------------------------------------------------------
+# A disk target and a prediction that is a slightly shifted, blurry disk: per-pixel focal
+# loss and BCE on a log scale. BCE is spread over the whole background; focal loss is a
+# thin band at the boundary, where the prediction is wrong or unsure.
+h = w = 96
+rows, cols = np.mgrid[0:h, 0:w]
+target = ((rows - 48) ** 2 + (cols - 44) ** 2 <= 24 ** 2).astype(np.float64)        # [H, W]
+distance = np.sqrt((rows - 44.0) ** 2 + (cols - 50.0) ** 2)                        # [H, W]
+pred_logits = (22.0 - distance) / 2.5                                              # [H, W]
+focal_map = per_pixel_focal(pred_logits, target)                                   # [H, W]
+bce_map = per_pixel_focal(pred_logits, target, alpha=-1, gamma=0)                  # [H, W]
+_, grad_map = sigmoid_focal_loss(pred_logits[None], target[None], grad=True)       # [1, H, W]
+print(f"\n5. heat map: mean BCE {bce_map.mean():.4f}, mean focal {focal_map.mean():.5f}, "
+      f"IoU {mask_iou(pred_logits[None], target[None])[0]:.3f}")
+fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+axes[0].imshow(target, cmap="gray")
+axes[0].set_title("target mask")
+axes[1].imshow(1 / (1 + np.exp(-pred_logits)), cmap="viridis", vmin=0, vmax=1)
+axes[1].contour(target, levels=[0.5], colors="r")
+axes[1].set_title("prediction p (red: target edge)")
+for ax, data, title in [(axes[2], bce_map, "per-pixel BCE (log10)"), (axes[3], focal_map, "per-pixel focal loss (log10)")]:
+    im = ax.imshow(np.log10(data + 1e-8), cmap="magma", vmin=-6, vmax=1)
+    ax.contour(target, levels=[0.5], colors="c", linewidths=0.8)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+for ax in axes:
+    ax.axis("off")
+fig.tight_layout()
+fig.savefig(os.path.join(args.out, "focal_heatmap.png"), dpi=100)
+plt.close(fig)
+print(f"figures written to {args.out}: focal_curves.png, focal_heatmap.png")

@@ -1,0 +1,275 @@
+"""Training a small SAM on synthetic shapes: the offline default model (``minisam train-micro``).
+
+The official checkpoints are 375 MB to 2.5 GB and come from a host many machines cannot
+reach, so minisam ships its own small model with SAM's architecture, trained here with the
+paper's recipe (Kirillov et al. 2023, section 3 "Losses and training", appendix A):
+
+- the model is the official ``segment_anything.modeling`` code at a small configuration
+  (:data:`MICRO_CONFIG`), trained with torch autograd; minisam then loads the saved
+  ``state_dict`` with its own torch-free loader, like any official checkpoint;
+- mask loss ``20 * focal + dice``, IoU head trained with MSE against the IoU of the predicted
+  mask, and with three outputs only the lowest-loss one is supervised (:func:`sam_loss_torch`,
+  equal to :func:`minisam.losses.sam_loss`, tested);
+- every example runs the 11-round interactive simulation of :mod:`minisam.training`: a point
+  or a noisy box, then points sampled from the error region with the previous logits fed back
+  as the mask prompt, and mask-only rounds;
+- AdamW with linear warm-up and cosine decay.
+
+torch is needed only here (the ``train`` extra); :func:`evaluate` uses minisam alone.
+Shape alphabet: B images, K target masks per image, M mask outputs (3 or 1), N points,
+H, W image pixels (256), S low-res side (64), C prompt dim.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .config import make_config
+from .data import interior_point, make_scene
+from .training import (MASK_ONLY, mask_box, noisy_box, round_schedule, sample_error_point,
+                       sample_foreground_point, use_multimask)
+
+# ~2.9M parameters (11 MB as float32): a 6-block ViT on 256x256 inputs (16x16 patches, a
+# 16x16 grid), windows of 8 with two global blocks, and a 128-wide prompt encoder/decoder
+# with the official 8 heads (so that build_sam needs no override).
+MICRO_CONFIG = make_config(
+    encoder_embed_dim=160, encoder_depth=6, encoder_num_heads=5, encoder_global_attn_indexes=(2, 5),
+    img_size=256, patch_size=16, window_size=8, prompt_embed_dim=128, mask_in_chans=16,
+    decoder_depth=2, decoder_mlp_dim=512, decoder_num_heads=8, iou_head_hidden_dim=128)
+
+# Scene seeds: training draws from TRAIN_SEED's stream; validation and the held-out evaluation
+# use seeds that training never touches.
+TRAIN_SEED, VAL_SEED, EVAL_SEED = 0, 7_000_001, 9_000_017
+
+
+def sam_loss_torch(logits, iou_pred, targets):
+    """The paper's loss for K prompts at once, in torch (mirrors :func:`minisam.losses.sam_loss`).
+
+    logits [K, M, H, W], iou_pred [K, M], targets [K, H, W] float 0/1.
+    Returns (mean over K of the total loss, index [K] of the supervised output per prompt).
+    """
+    import torch
+    import torch.nn.functional as F
+    t = targets[:, None].expand_as(logits)                               # [K, M, H, W]
+    p = torch.sigmoid(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = 0.25 * t + 0.75 * (1 - t)
+    focal = (alpha_t * (1 - p_t) ** 2 * bce).flatten(2).mean(-1)        # [K, M]
+    inter = (p * t).flatten(2).sum(-1)
+    dice = 1 - (2 * inter + 1) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + 1)   # [K, M]
+    mask_loss = 20.0 * focal + dice                                      # [K, M]
+    index = mask_loss.detach().argmin(1)                                 # [K]
+    rows = torch.arange(len(index))
+    chosen = logits[rows, index]                                         # [K, H, W]
+    with torch.no_grad():
+        pred = chosen > 0
+        tb = targets > 0.5
+        iou_t = (pred & tb).flatten(1).sum(-1) / (pred | tb).flatten(1).sum(-1).clamp(min=1)   # [K]
+    iou_loss = (iou_pred[rows, index] - iou_t.to(iou_pred.dtype)) ** 2  # [K]
+    return (mask_loss[rows, index] + iou_loss).mean(), index
+
+
+def _predict_masks(decoder, embeddings, image_pe, sparse, dense, multimask):
+    """``MaskDecoder.predict_masks`` + the multimask slice, for prompts on *different* images.
+
+    The official code repeats one image's embedding for every prompt
+    (``repeat_interleave(image_embeddings, B)``); training batches prompts from several
+    images, so here ``embeddings`` is already per prompt [P, C, G, G]. Otherwise line for line
+    ``mask_decoder.py`` L71-149.
+    """
+    import torch
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], 0)        # [1+T, C]
+    tokens = torch.cat([tokens[None].expand(sparse.shape[0], -1, -1), sparse], 1)      # [P, 1+T+N, C]
+    src = embeddings + dense                                                            # [P, C, G, G]
+    pos = image_pe.expand(src.shape[0], -1, -1, -1)                                     # [P, C, G, G]
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos, tokens)                                     # [P, 1+T+N, C], [P, GG, C]
+    mask_tokens_out = hs[:, 1:1 + decoder.num_mask_tokens]                              # [P, T, C]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))        # [P, C/8, S, S]
+    hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in
+                         enumerate(decoder.output_hypernetworks_mlps)], 1)              # [P, T, C/8]
+    b, c, h, w = upscaled.shape
+    masks = (hyper @ upscaled.view(b, c, h * w)).view(b, -1, h, w)                     # [P, T, S, S]
+    iou = decoder.iou_prediction_head(hs[:, 0])                                         # [P, T]
+    sl = slice(1, None) if multimask else slice(0, 1)
+    return masks[:, sl], iou[:, sl]
+
+
+def _interactive_rounds(model, embeddings, targets_np, rng, first_prompt, size):
+    """The 11 rounds for P target masks (each with its image's embedding [P, C, G, G]).
+
+    Losses are taken on the low-res logits [P, M, S, S] against the targets averaged down to
+    S x S (SAM's decoder predicts at 1/4 of the input side); the next point is sampled at full
+    resolution from the upsampled best mask, as a user would click on it. Returns the mean
+    loss over rounds.
+    """
+    import torch
+    import torch.nn.functional as F
+    P, S = len(targets_np), model.prompt_encoder.mask_input_size[0]
+    f = size // S
+    low_targets = torch.from_numpy(
+        targets_np.reshape(P, S, f, S, f).mean((2, 4)) >= 0.5).float()  # [P, H, W] -> [P, S, S]
+    dense_pe = model.prompt_encoder.get_dense_pe()                       # [1, C, G, G]
+    coords = np.zeros((P, 0, 2), np.float32)                             # [P, N, 2]
+    labels = np.zeros((P, 0), np.int64)                                  # [P, N]
+    boxes = None
+    if first_prompt == "box":
+        boxes = torch.from_numpy(np.stack([noisy_box(t, rng) for t in targets_np]))     # [P, 4]
+    else:
+        coords = np.stack([sample_foreground_point(t, rng) for t in targets_np])[:, None]   # [P, 1, 2]
+        labels = np.ones((P, 1), np.int64)
+    mask_input, preds, total = None, None, 0.0
+    schedule = round_schedule(rng)
+    for r, kind in enumerate(schedule):
+        if r > 0 and kind != MASK_ONLY:
+            new_pts, new_lbl = [], []
+            for k in range(P):
+                got = sample_error_point(preds[k], targets_np[k], rng)
+                if got is None:   # nothing to correct: a not-a-point pad token (label -1)
+                    new_pts.append(np.zeros(2, np.float32)); new_lbl.append(-1)
+                else:
+                    new_pts.append(got[0]); new_lbl.append(got[1])
+            coords = np.concatenate([coords, np.stack(new_pts)[:, None]], 1)          # [P, N+1, 2]
+            labels = np.concatenate([labels, np.array(new_lbl)[:, None]], 1)          # [P, N+1]
+        multimask = use_multimask(coords.shape[1], boxes is not None, mask_input is not None)
+        points = (torch.from_numpy(coords), torch.from_numpy(labels)) if coords.shape[1] else None
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        if dense.shape[0] != P:
+            dense = dense.expand(P, -1, -1, -1)
+        low, iou = _predict_masks(model.mask_decoder, embeddings, dense_pe, sparse, dense, multimask)
+        loss, _ = sam_loss_torch(low, iou, low_targets)                   # [P, M, S, S] vs [P, S, S]
+        total = total + loss
+        # "the mask passed to the next iteration ... is the one with the highest predicted IoU"
+        best = iou.detach().argmax(1)                                    # [P]
+        rows = torch.arange(P)
+        mask_input = low.detach()[rows, best][:, None]                   # [P, 1, S, S]
+        with torch.no_grad():
+            preds = (F.interpolate(mask_input, (size, size), mode="bilinear",
+                                   align_corners=False)[:, 0] > 0).numpy()   # [P, H, W]
+    return total / len(schedule)
+
+
+def _lr(step, steps, peak, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _val_torch(model, scenes, size):
+    """Quick validation with the torch model: best-of-3 IoU for an interior point, box IoU."""
+    import torch
+    import torch.nn.functional as F
+    ious_pt, ious_box = [], []
+    with torch.no_grad():
+        for s in scenes:
+            x = model.preprocess(torch.from_numpy(s.image).permute(2, 0, 1)[None].float())
+            emb = model.image_encoder(x)
+            pe = model.prompt_encoder.get_dense_pe()
+            for m in s.instance_masks:
+                pt = torch.tensor(interior_point(m), dtype=torch.float32)[None, None]
+                for kind in ("point", "box"):
+                    if kind == "point":
+                        sp, de = model.prompt_encoder(points=(pt - 0.5, torch.ones(1, 1, dtype=torch.int64)),
+                                                      boxes=None, masks=None)
+                    else:
+                        sp, de = model.prompt_encoder(points=None, boxes=torch.from_numpy(mask_box(m))[None], masks=None)
+                    low, _ = model.mask_decoder(emb, pe, sp, de, multimask_output=(kind == "point"))
+                    up = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[0] > 0
+                    mt = torch.from_numpy(m)
+                    iou = ((up & mt).flatten(1).sum(1) / (up | mt).flatten(1).sum(1).clamp(min=1)).max().item()
+                    (ious_pt if kind == "point" else ious_box).append(iou)
+    return float(np.mean(ious_pt)), float(np.mean(ious_box))
+
+
+def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 4, masks_per_image: int = 8,
+          lr: float = 8e-4, weight_decay: float = 0.05, warmup: Optional[int] = None, val_every: int = 500,
+          threads: Optional[int] = None, progress: bool = True, log=print) -> Dict:
+    """Train :data:`MICRO_CONFIG` for ``steps`` steps; write ``microsam_shapes.pth`` and a log to ``out_dir``."""
+    import torch
+    from tqdm import tqdm
+    from .torch_ref import build_official
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cfg, size = MICRO_CONFIG, MICRO_CONFIG.img_size
+    model = build_official(cfg)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    warmup = warmup if warmup is not None else max(1, min(300, steps // 10))
+    val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size) for i in range(24)]
+    os.makedirs(out_dir, exist_ok=True)
+    history: List[Dict] = []
+    t0 = time.time()
+    bar = tqdm(range(steps), desc="train-micro", disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr, warmup)
+        scenes = [make_scene(rng, size) for _ in range(batch_images)]
+        images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()  # [B, 3, H, W]
+        embeddings = model.image_encoder(model.preprocess(images))      # [B, C, G, G]
+        owner, targets = [], []
+        for b, s in enumerate(scenes):
+            pick = rng.choice(len(s.masks), size=min(masks_per_image, len(s.masks)), replace=False)
+            owner += [b] * len(pick)
+            targets += [s.masks[i] for i in pick]
+        first = "box" if rng.random() < 0.5 else "point"
+        loss = _interactive_rounds(model, embeddings[owner], np.stack(targets), rng, first, size)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        rec = {"step": step + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0}
+        if (step + 1) % val_every == 0 or step + 1 == steps:
+            model.eval()
+            rec["val_point_iou"], rec["val_box_iou"] = _val_torch(model, val_scenes, size)
+            model.train()
+            log(f"step {step + 1}: loss {rec['loss']:.4f}  val point IoU {rec['val_point_iou']:.3f}  "
+                f"box IoU {rec['val_box_iou']:.3f}  ({rec['time_s']:.0f} s)")
+        history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}")
+    model.eval()
+    path = os.path.join(out_dir, "microsam_shapes.pth")
+    torch.save(model.state_dict(), path)
+    with open(os.path.join(out_dir, "train_log.json"), "w") as f:
+        json.dump({"config": cfg.to_dict(), "steps": steps, "seed": seed, "batch_images": batch_images,
+                   "masks_per_image": masks_per_image, "lr": lr, "weight_decay": weight_decay,
+                   "warmup": warmup, "threads": torch.get_num_threads(), "history": history}, f)
+    return {"checkpoint": path, "history": history}
+
+
+def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = False) -> Dict[str, float]:
+    """Held-out metrics with minisam's own predictor (no torch), on scenes from ``seed``.
+
+    - ``point_best_of_3_iou``: mean over objects of the best IoU among the 3 masks for the
+      object's most interior point;
+    - ``box_iou``: mean IoU of the single-mask output for the object's tight box;
+    - ``iou_head_picks_best``: how often the highest predicted IoU is the best of the 3.
+    """
+    from tqdm import tqdm
+    from .predictor import SamPredictor
+
+    predictor = SamPredictor(sam)
+    best3, boxes, picks = [], [], []
+    for i in tqdm(range(n_scenes), disable=not progress, desc="evaluate"):
+        s = make_scene(np.random.default_rng(seed + i), sam.config.img_size)
+        predictor.set_image(s.image)
+        for m in s.instance_masks:
+            pt = interior_point(m) - 0.5                                 # pixel index of the centre
+            masks, iou_pred, _ = predictor.predict(point_coords=pt[None], point_labels=np.array([1]))
+            ious = [(mk & m).sum() / max((mk | m).sum(), 1) for mk in masks]
+            best3.append(max(ious))
+            picks.append(float(int(np.argmax(iou_pred)) == int(np.argmax(ious))))
+            bm, _, _ = predictor.predict(box=mask_box(m), multimask_output=False)
+            boxes.append((bm[0] & m).sum() / max((bm[0] | m).sum(), 1))
+    return {"scenes": n_scenes, "objects": len(best3), "point_best_of_3_iou": float(np.mean(best3)),
+            "box_iou": float(np.mean(boxes)), "iou_head_picks_best": float(np.mean(picks))}

@@ -1,0 +1,73 @@
+"""The training script of the offline model: its loss equals minisam.losses, its batched decoder
+equals the official one, and a few-step run works end to end (so the script does not rot)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from minisam.losses import sam_loss
+from minisam.train_micro import MICRO_CONFIG, _predict_masks, sam_loss_torch
+
+from conftest import official_model
+
+
+@pytest.mark.parametrize("M", [1, 3])
+def test_torch_loss_equals_minisam_losses(M):
+    rng = np.random.default_rng(M)
+    K, H, W = 5, 24, 20
+    logits = rng.normal(0, 4, (K, M, H, W))
+    logits[0, 0, :3] = 100.0     # extreme logits stay finite in both
+    logits[1, -1, :2] = -100.0
+    iou = rng.normal(0.5, 0.3, (K, M))
+    targets = (rng.random((K, H, W)) < 0.3).astype(np.float64)
+    got, index = sam_loss_torch(torch.from_numpy(logits), torch.from_numpy(iou), torch.from_numpy(targets))
+    ref = [sam_loss(logits[k], iou[k], targets[k]) for k in range(K)]
+    assert index.tolist() == [r[1] for r in ref]
+    # float64: the torch recipe forms 1 - p_t from torch.sigmoid, which cancels to ~1e-16
+    # absolute for confident pixels (|logit| = 100 here) where minisam uses exp(-|x|); summed over
+    # pixels and scaled by 20 that is ~1e-10 relative, so 1e-9 is a float64 bound, not slack.
+    np.testing.assert_allclose(float(got), np.mean([r[0] for r in ref]), rtol=1e-9)
+
+
+def test_batched_decoder_equals_official_mask_decoder():
+    """_predict_masks on per-prompt embeddings == MaskDecoder.forward on one image's prompts."""
+    from minisam.config import make_config
+    cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
+    model = official_model(cfg, 3).cpu()
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, cfg.prompt_embed_dim, 16, 16, generator=g)
+    pts = (torch.rand(4, 2, 2, generator=g) * 256, torch.tensor([[1, 0], [1, 1], [0, 1], [1, -1]]))
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=pts, boxes=None, masks=None)
+        pe = model.prompt_encoder.get_dense_pe()
+        for multimask in (True, False):
+            ref_m, ref_i = model.mask_decoder(emb, pe, sparse, dense, multimask)
+            got_m, got_i = _predict_masks(model.mask_decoder, emb.expand(4, -1, -1, -1), pe, sparse,
+                                          dense.expand(4, -1, -1, -1), multimask)
+            torch.testing.assert_close(got_m, ref_m, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got_i, ref_i, rtol=1e-5, atol=1e-5)
+
+
+def test_train_micro_cli_few_steps(tmp_path):
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "2", "--out", str(out),
+                          "--batch-images", "1", "--masks-per-image", "2", "--val-every", "2",
+                          "--threads", "1", "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    log = json.loads((out / "train_log.json").read_text())
+    assert len(log["history"]) == 2 and np.isfinite(log["history"][-1]["loss"])
+    assert "val_point_iou" in log["history"][-1]
+    from minisam import build_sam
+    assert build_sam(out / "microsam_shapes.pth").config == MICRO_CONFIG
+
+
+def test_train_micro_rejects_bad_steps(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "0", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "--steps" in res.stderr

@@ -1,0 +1,240 @@
+"""``SamPredictor``: encode an image once, then prompt it many times.
+
+Mirrors ``segment_anything/predictor.py`` (``SamPredictor``) on NumPy arrays:
+
+- ``set_image`` resizes the image (longest side to img_size, Pillow bilinear), runs the image
+  encoder once and keeps the G x G embedding (``features``);
+- ``predict`` takes prompts in *original image pixels*, maps them to the model input frame,
+  runs the prompt encoder and the mask decoder (a few ms) and returns masks at the original
+  size;
+- ``predict_batch`` is the official ``predict_torch`` after ``apply_coords_torch`` /
+  ``apply_boxes_torch`` (float32 coordinate scaling, as the torch path does): B prompts at once.
+
+Additions: ``save_embedding`` / ``load_embedding`` (.npz) so that the slow encoder runs once
+per image and not once per session; every malformed prompt raises :class:`PromptError`.
+
+Shapes: N points, B prompts, K' masks (3 or 1), H x W original image, h x w resized image,
+M = 4G low-res mask side.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .errors import ImageError, MinisamError, PromptError
+
+EMBEDDING_FORMAT_VERSION = 1
+
+
+class ImageNotSetError(MinisamError, RuntimeError):
+    """``predict`` before ``set_image``. A RuntimeError, as the official predictor raises."""
+
+
+def _finite(name: str, a: np.ndarray) -> None:
+    if not np.all(np.isfinite(a)):
+        raise PromptError(f"{name} contains NaN or inf: {a.tolist() if a.size <= 16 else a.shape}")
+
+
+def _as_float(name: str, value, shape_hint: str) -> np.ndarray:
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(f"{name} must be numbers {shape_hint}, got {value!r}") from None
+    _finite(name, a)
+    return a
+
+
+class SamPredictor:
+    def __init__(self, sam_model) -> None:
+        from .transforms import ResizeLongestSide
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.config.img_size)
+        self.reset_image()
+
+    # ----------------------------------------------------------------- image
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB", trace: Optional[dict] = None) -> None:
+        """Compute the embedding of an HWC uint8 image ("RGB" or "BGR")."""
+        from .transforms import as_rgb_uint8
+        if image_format not in ("RGB", "BGR"):
+            raise ImageError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = as_rgb_uint8(image, image_format)  # [H, W, 3] uint8 in the model's format (RGB)
+        input_image = self.transform.apply_image(image)  # [h, w, 3] uint8, long side = img_size
+        x = np.ascontiguousarray(input_image.transpose(2, 0, 1))[None]  # [1, 3, h, w]
+        self.set_preprocessed_image(x, image.shape[:2], trace=trace)
+
+    def set_preprocessed_image(self, transformed_image: np.ndarray, original_image_size: Tuple[int, int],
+                               trace: Optional[dict] = None) -> None:
+        """``set_torch_image``: a [1, 3, h, w] image already resized (long side = img_size)."""
+        S = self.model.config.img_size
+        x = np.asarray(transformed_image)
+        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3 or max(x.shape[2:]) != S:
+            raise ImageError(f"set_preprocessed_image expects [1, 3, h, w] with long side {S}, got {x.shape}")
+        self.reset_image()
+        self.original_size = tuple(int(v) for v in original_image_size)
+        self.input_size = tuple(int(v) for v in x.shape[-2:])
+        self.features = self.model.image_encoder(self.model.preprocess(x), trace=trace)  # [1, C, G, G]
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:  # -> [1, C, G, G]
+        if not self.is_image_set:
+            raise ImageNotSetError("An image must be set with .set_image(...) to generate an embedding.")
+        return self.features
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features = None
+        self.original_size = None
+        self.input_size = None
+
+    # ----------------------------------------------------------------- embeddings on disk
+
+    def save_embedding(self, path) -> None:
+        """Write the current embedding with the sizes needed to use it (.npz)."""
+        feats = self.get_image_embedding()
+        with open(os.fspath(path), "wb") as f:
+            np.savez(f, format_version=np.int64(EMBEDDING_FORMAT_VERSION), embedding=feats,
+                     original_size=np.asarray(self.original_size, np.int64),
+                     input_size=np.asarray(self.input_size, np.int64),
+                     img_size=np.int64(self.model.config.img_size))
+
+    def load_embedding(self, path) -> None:
+        """Set the image from a file written by :meth:`save_embedding` (no encoder run)."""
+        name = os.fspath(path)
+        cfg = self.model.config
+        want = (1, cfg.prompt_embed_dim, cfg.image_embedding_size, cfg.image_embedding_size)
+        try:
+            with np.load(name, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise ImageError(f"{name}: not a minisam embedding file ({exc})") from None
+        missing = [k for k in ("format_version", "embedding", "original_size", "input_size") if k not in data]
+        if missing:
+            raise ImageError(f"{name}: not a minisam embedding file (missing {', '.join(missing)})")
+        if int(data["format_version"]) != EMBEDDING_FORMAT_VERSION:
+            raise ImageError(f"{name}: embedding format version {int(data['format_version'])}, "
+                             f"this minisam reads version {EMBEDDING_FORMAT_VERSION}")
+        emb = data["embedding"]
+        if emb.shape != want or emb.dtype != np.float32:
+            raise ImageError(f"{name}: embedding is {emb.dtype} {emb.shape}, this model needs float32 {want}")
+        orig, inp = data["original_size"], data["input_size"]
+        if orig.shape != (2,) or inp.shape != (2,) or max(inp) != cfg.img_size or min(orig) < 1:
+            raise ImageError(f"{name}: bad sizes original_size={orig.tolist()} input_size={inp.tolist()} "
+                             f"for a model of input size {cfg.img_size}")
+        if not np.all(np.isfinite(emb)):
+            raise ImageError(f"{name}: embedding contains NaN or inf")
+        self.reset_image()
+        self.features = np.ascontiguousarray(emb)
+        self.original_size = tuple(int(v) for v in orig)
+        self.input_size = tuple(int(v) for v in inp)
+        self.is_image_set = True
+
+    # ----------------------------------------------------------------- prompts
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = True, return_logits: bool = False, trace: Optional[dict] = None):
+        """Masks for one prompt, in original image pixels.
+
+        point_coords [N, 2] (x, y), point_labels [N] (1 fg, 0 bg), box [4] xyxy,
+        mask_input [1, M, M] low-res logits of a previous call
+        -> (masks [K', H, W] bool, or float32 logits with return_logits; iou [K']; low_res [K', M, M]).
+        """
+        if not self.is_image_set:
+            raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
+        M = self.model.config.mask_input_size
+        coords = labels = boxes = masks = None
+        if point_coords is not None or point_labels is not None:
+            pts, labs = self._check_points(point_coords, point_labels, batched=False)
+            coords = self.transform.apply_coords(pts, self.original_size).astype(np.float32)[None]  # [1, N, 2]
+            labels = labs.astype(np.int32)[None]  # [1, N]
+        if box is not None:
+            b = _as_float("box", box, "[x0, y0, x1, y1]")
+            if b.size != 4:
+                raise PromptError(f"box must be 4 numbers [x0, y0, x1, y1], got shape {b.shape}")
+            boxes = self.transform.apply_boxes(b.reshape(1, 4), self.original_size).astype(np.float32)  # [1, 4]
+        if mask_input is not None:
+            m = _as_float("mask_input", mask_input, f"[1, {M}, {M}]")
+            if m.shape != (1, M, M):
+                raise PromptError(f"mask_input must have shape [1, {M}, {M}] (low-res logits of a previous "
+                                  f"prediction), got {list(m.shape)}")
+            masks = m.astype(np.float32)[None]  # [1, 1, M, M]
+        out_masks, iou, low_res = self._predict_model_frame(coords, labels, boxes, masks, multimask_output,
+                                                            return_logits, trace)
+        return out_masks[0], iou[0], low_res[0]
+
+    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                      multimask_output: bool = True, return_logits: bool = False, trace: Optional[dict] = None):
+        """B prompts at once, in original image pixels (official ``predict_torch`` after ``apply_*_torch``).
+
+        point_coords [B, N, 2], point_labels [B, N], boxes [B, 4], mask_input [B, 1, M, M]
+        -> (masks [B, K', H, W], iou [B, K'], low_res [B, K', M, M]).
+        """
+        if not self.is_image_set:
+            raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
+        M = self.model.config.mask_input_size
+        coords = labels = bxs = masks = None
+        sizes = {}
+        if point_coords is not None or point_labels is not None:
+            pts, labs = self._check_points(point_coords, point_labels, batched=True)
+            coords = self._scale_f32(pts)  # [B, N, 2] float32, model input frame
+            labels = labs.astype(np.int32)  # [B, N]
+            sizes["point_coords"] = pts.shape[0]
+        if boxes is not None:
+            b = _as_float("boxes", boxes, "[B, 4]")
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise PromptError(f"boxes must have shape [B, 4] (x0, y0, x1, y1), got {list(b.shape)}")
+            bxs = self._scale_f32(b.reshape(-1, 2, 2)).reshape(-1, 4)  # [B, 4]
+            sizes["boxes"] = b.shape[0]
+        if mask_input is not None:
+            m = _as_float("mask_input", mask_input, f"[B, 1, {M}, {M}]")
+            if m.ndim != 4 or m.shape[1:] != (1, M, M):
+                raise PromptError(f"mask_input must have shape [B, 1, {M}, {M}], got {list(m.shape)}")
+            masks = m.astype(np.float32)
+            sizes["mask_input"] = m.shape[0]
+        if len(set(sizes.values())) > 1:
+            raise PromptError(f"prompt batch sizes differ: {sizes}")
+        return self._predict_model_frame(coords, labels, bxs, masks, multimask_output, return_logits, trace)
+
+    # ----------------------------------------------------------------- internals
+
+    def _check_points(self, point_coords, point_labels, batched: bool):
+        want = "[B, N, 2]" if batched else "[N, 2]"
+        if point_coords is None:
+            raise PromptError("point_labels given without point_coords")
+        if point_labels is None:
+            raise PromptError("point_labels must be supplied if point_coords is supplied")
+        pts = _as_float("point_coords", point_coords, want)
+        labs = _as_float("point_labels", point_labels, "[B, N]" if batched else "[N]")
+        nd = 3 if batched else 2
+        if pts.ndim != nd or pts.shape[-1] != 2:
+            raise PromptError(f"point_coords must have shape {want} (x, y pixels), got {list(pts.shape)}")
+        if labs.shape != pts.shape[:-1]:
+            raise PromptError(f"point_labels has shape {list(labs.shape)}, it must match point_coords "
+                              f"{list(pts.shape)}: one label per point")
+        if np.any(labs != np.round(labs)):
+            raise PromptError(f"point_labels must be integers (1 foreground, 0 background), got {labs.tolist()}")
+        return pts, labs
+
+    def _scale_f32(self, coords):  # [..., 2] original pixels -> [..., 2] float32 model frame
+        """``apply_coords_torch``: float32 arithmetic, x * (w/W), y * (h/H)."""
+        H, W = self.original_size
+        h, w = self.transform.get_preprocess_shape(H, W, self.model.config.img_size)
+        out = coords.astype(np.float32)  # [..., 2]
+        out[..., 0] = out[..., 0] * np.float32(w / W)
+        out[..., 1] = out[..., 1] * np.float32(h / H)
+        return out
+
+    def _predict_model_frame(self, coords, labels, boxes, masks, multimask_output, return_logits, trace):
+        """``predict_torch``: prompts already in the model input frame."""
+        model = self.model
+        points = (coords, labels) if coords is not None else None
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks, trace=trace)
+        low_res, iou = model.mask_decoder(self.features, model.get_dense_pe(trace), sparse, dense,
+                                          multimask_output, trace=trace)  # [B, K', M, M], [B, K']
+        out = model.postprocess_masks(low_res, self.input_size, self.original_size)  # [B, K', H, W]
+        if not return_logits:
+            out = out > model.mask_threshold
+        return out, iou, low_res

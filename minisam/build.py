@@ -97,6 +97,11 @@ def _registered(name: str, checkpoint: Optional[PathLike]):
     return sam
 
 
+def build_sam_micro(checkpoint: Optional[PathLike] = None):
+    """minisam's small model trained on synthetic shapes (shipped in ``weights/``; offline default)."""
+    return _registered("micro", checkpoint)
+
+
 def build_sam_vit_h(checkpoint: Optional[PathLike] = None):
     return _registered("vit_h", checkpoint)
 
@@ -126,4 +131,7 @@ sam_model_registry = _Registry({
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
+    "micro": build_sam_micro,
 })
+
+DEFAULT_MODEL = "micro"  # what the CLI and the lessons use when no model is named

@@ -19,10 +19,18 @@ from .errors import MinisamError
 COMMANDS = ["demo", "segment", "auto", "parity", "weights", "train_micro"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments end with one line on stderr (``minisam segment: error: ...``) and exit 2;
+    ``--help`` still shows the full usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minisam", description="Segment Anything in NumPy and Numba.")
+    parser = _Parser(prog="minisam", description="Segment Anything in NumPy and Numba.")
     parser.add_argument("--version", action="version", version=f"minisam {__import__('minisam').__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
         try:

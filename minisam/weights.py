@@ -56,9 +56,16 @@ def path_of(name: str) -> str:
     return os.path.join(weights_dir(), entry(name)["file"])
 
 
+def bundled_dir() -> str:
+    """``weights/`` of the source checkout, where the shipped micro model lives."""
+    return os.path.join(os.path.dirname(_HERE), "weights")
+
+
 def find(name: str) -> str:
     """The local path of registered weights ``name``; a clear error if not downloaded."""
     path = path_of(name)
+    if not os.path.isfile(path) and entry(name).get("bundled"):
+        path = os.path.join(bundled_dir(), entry(name)["file"])
     if not os.path.isfile(path):
         raise CheckpointError(f"weights {name!r} are not downloaded (looked for {path}); "
                               f"run `minisam weights download {name}` or pass checkpoint=PATH")

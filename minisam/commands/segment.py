@@ -49,15 +49,16 @@ def box_arg(text: str):
 def add_model_args(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", default=None, metavar="NAME",
-                   help="registered weights to use (vit_b, vit_l, vit_h; default vit_b)")
+                   help="registered weights to use (micro, vit_b, vit_l, vit_h; default micro, the shipped "
+                        "small model trained on synthetic shapes)")
     g.add_argument("--checkpoint", default=None, metavar="PATH", help="an official-format .pth checkpoint")
 
 
 def load_model(args):
-    from ..build import build_sam, sam_model_registry
+    from ..build import DEFAULT_MODEL, build_sam, sam_model_registry
     if args.checkpoint is not None:
         return build_sam(args.checkpoint)
-    return sam_model_registry[args.model or "vit_b"]()
+    return sam_model_registry[args.model or DEFAULT_MODEL]()
 
 
 def load_image(path: str) -> np.ndarray:  # -> [H, W, 3] uint8 RGB
@@ -89,24 +90,22 @@ def add_parser(sub):
 
 
 def save_overlay(path, image, masks, scores, points, labels, box) -> None:
+    """One panel per mask, drawn as the official predictor notebook draws them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..viz import show_box, show_mask, show_points
     K = len(masks)
     H, W = image.shape[:2]
     fig, axes = plt.subplots(1, K, figsize=(5 * K, 5 * H / max(W, 1) + 0.6), squeeze=False)
-    color = np.array([30 / 255, 144 / 255, 255 / 255, 0.6])  # the notebooks' show_mask blue
     for k, ax in enumerate(axes[0]):
         ax.imshow(image)
-        ax.imshow(masks[k][..., None] * color.reshape(1, 1, 4))
+        show_mask(masks[k], ax)
         if points is not None:
-            pos, neg = points[labels == 1], points[labels == 0]
-            ax.scatter(pos[:, 0], pos[:, 1], color="green", marker="*", s=375, edgecolor="white", linewidth=1.25)
-            ax.scatter(neg[:, 0], neg[:, 1], color="red", marker="*", s=375, edgecolor="white", linewidth=1.25)
+            show_points(points, labels, ax, marker_size=375)
         if box is not None:
-            x0, y0, x1, y1 = box
-            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, edgecolor="green", facecolor=(0, 0, 0, 0), lw=2))
+            show_box(box, ax)
         ax.set_title(f"Mask {k + 1}, Score: {scores[k]:.3f}", fontsize=14)
         ax.axis("off")
     fig.tight_layout()

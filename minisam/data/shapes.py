@@ -29,6 +29,7 @@ class Scene:
     image: np.ndarray                     # [H, W, 3] uint8
     masks: List[np.ndarray]               # each [H, W] bool, visible
     levels: List[str]                     # "part" | "object" | "group", one per mask
+    kinds: List[str] = field(default_factory=list)      # shape kind per mask ("group" for groups)
     objects: List[int] = field(default_factory=list)   # indexes into masks of the object-level masks
 
     @property
@@ -107,6 +108,7 @@ def make_scene(rng: np.random.Generator, size: int = 256, max_objects: int = 6) 
     yy, xx = _grid(h, w)
     image = _texture(h, w, rng, _palette(rng) * 0.6)                     # [H, W, 3]
     layers = []   # (full mask, level, parent index or None, painted colour)
+    kinds = []    # the shape kind of each layer
     n = int(rng.integers(2, max_objects + 1))
     for _ in range(n):
         r = rng.uniform(0.06, 0.24) * size
@@ -122,27 +124,33 @@ def make_scene(rng: np.random.Generator, size: int = 256, max_objects: int = 6) 
                 continue
             layers.append((band, "object", None, base))
             layers.append((outer, "group", len(layers) - 1, None))     # the ring with its hole
+            kinds += ["ring", "group"]
             continue
         m = _shape_mask(kind, yy, xx, cx, cy, r, rng)
         if m.sum() < 40:
             continue
         layers.append((m, "object", None, base))
+        kinds.append(kind)
         obj = len(layers) - 1
         if rng.random() < 0.35:          # an inlay: a part inside the object
             ys, xs = np.nonzero(m)
             j = rng.integers(len(ys))
             pr = r * rng.uniform(0.25, 0.45)
-            part = _shape_mask(KINDS[rng.integers(0, 4)], yy, xx, xs[j] + 0.5, ys[j] + 0.5, pr, rng) & m
+            part_kind = KINDS[rng.integers(0, 4)]
+            part = _shape_mask(part_kind, yy, xx, xs[j] + 0.5, ys[j] + 0.5, pr, rng) & m
             if part.sum() >= 25 and (m & ~part).sum() >= 25:
                 layers.append((part, "part", obj, _palette(rng)))
+                kinds.append(part_kind)
         if rng.random() < 0.25:          # a sibling of the same colour family touching it: a group
             ang = rng.uniform(0, 2 * np.pi)
             r2 = r * rng.uniform(0.5, 0.9)
             sx, sy = cx + np.cos(ang) * (r + r2) * 0.7, cy + np.sin(ang) * (r + r2) * 0.7
-            sib = _shape_mask(KINDS[rng.integers(0, 4)], yy, xx, sx, sy, r2, rng) & ~m
+            sib_kind = KINDS[rng.integers(0, 4)]
+            sib = _shape_mask(sib_kind, yy, xx, sx, sy, r2, rng) & ~m
             if sib.sum() >= 40 and (sib & _dilate(m)).any():
                 layers.append((sib, "object", None, np.clip(base + rng.normal(0, 18, 3), 0, 255)))
                 layers.append((m | sib, "group", obj, None))
+                kinds += [sib_kind, "group"]
     # paint back to front; the visible part of each mask is what later objects leave uncovered
     full = [l[0] for l in layers]
     visible = [m.copy() for m in full]
@@ -163,7 +171,7 @@ def make_scene(rng: np.random.Generator, size: int = 256, max_objects: int = 6) 
             visible[i] = m & _covered_by_none_after(layers, full, i)
     image = image + rng.normal(0, rng.uniform(2, 10), image.shape)
     image = np.clip(image, 0, 255).astype(np.uint8)                       # [H, W, 3]
-    masks, levels, objects = [], [], []
+    masks, levels, objects, mask_kinds = [], [], [], []
     for i, (_, level, _, _) in enumerate(layers):
         if visible[i].sum() < 20:
             continue
@@ -173,7 +181,8 @@ def make_scene(rng: np.random.Generator, size: int = 256, max_objects: int = 6) 
             objects.append(len(masks))
         masks.append(visible[i])
         levels.append(level)
-    return Scene(image=image, masks=masks, levels=levels, objects=objects)
+        mask_kinds.append(kinds[i])
+    return Scene(image=image, masks=masks, levels=levels, kinds=mask_kinds, objects=objects)
 
 
 def _covered_by_none_after(layers, full, i):

@@ -11,7 +11,29 @@ Mirrors ``segment_anything/predictor.py`` (``SamPredictor``) on NumPy arrays:
   ``apply_boxes_torch`` (float32 coordinate scaling, as the torch path does): B prompts at once.
 
 Additions: ``save_embedding`` / ``load_embedding`` (.npz) so that the slow encoder runs once
-per image and not once per session; every malformed prompt raises :class:`PromptError`.
+per image and not once per session; every malformed prompt raises :class:`PromptError`, and
+a prompt that is valid but probably not what was meant warns with :class:`PromptWarning`.
+
+What the prompts mean (official PyTorch semantics, ``modeling/prompt_encoder.py``):
+- point labels: ``1`` foreground, ``0`` background, ``-1`` not-a-point (padding: the point's
+  position is ignored and the learned not-a-point embedding is used; use it to pad batches
+  of different lengths). ``2`` and ``3`` are the box corner labels of the ONNX export, but the
+  PyTorch path gives a point with label 2 or 3 only its positional encoding and no learned
+  embedding, which is not a box corner: minisam accepts them as the official code does and
+  warns (pass boxes as ``box=``). Any other label is refused.
+- boxes are ``[x0, y0, x1, y1]``; an inverted box (x1 < x0 or y1 < y0) is used as given, as
+  the official code does (its corners get the top-left / bottom-right embeddings the other
+  way round), with a warning; a zero-area box is used as given, silently.
+- points and boxes outside the image are allowed (the official code allows them; the
+  positional encoding is defined everywhere) and used as given. Coordinates must be finite
+  and fit float32 once scaled to the model input.
+- an empty point set (``[0, 2]`` coordinates, ``[0]`` labels) is allowed as in the official
+  code: the decoder then sees only the padding token. ``predict_batch`` with B = 0 returns
+  empty arrays (the official ``predict_torch`` fails on them).
+- ``mask_input`` is the **low-res logits** of a previous call (the third output, one mask:
+  ``low_res[i][None]``), [1, M, M] float. A binary mask (0/1, 0/255 or bool) is accepted but
+  warns: SAM was trained with its own logits there, and a thresholded mask gives poor masks
+  (official issues #169, #242). Full-size masks, other shapes, and non-numeric dtypes are refused.
 
 Shapes: N points, B prompts, K' masks (3 or 1), H x W original image, h x w resized image,
 M = 4G low-res mask side.
@@ -20,6 +42,7 @@ M = 4G low-res mask side.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -33,18 +56,59 @@ class ImageNotSetError(MinisamError, RuntimeError):
     """``predict`` before ``set_image``. A RuntimeError, as the official predictor raises."""
 
 
+class PromptWarning(UserWarning):
+    """A prompt minisam uses as given (the official code does) but that is probably a mistake."""
+
+
+# point label -> meaning in the official PyTorch path (see the module docstring)
+POINT_LABELS = {-1: "not-a-point (padding)", 0: "background", 1: "foreground",
+                2: "box top-left corner (ONNX only)", 3: "box bottom-right corner (ONNX only)"}
+
+
 def _finite(name: str, a: np.ndarray) -> None:
     if not np.all(np.isfinite(a)):
         raise PromptError(f"{name} contains NaN or inf: {a.tolist() if a.size <= 16 else a.shape}")
 
 
 def _as_float(name: str, value, shape_hint: str) -> np.ndarray:
+    raw = value if isinstance(value, np.ndarray) else None
+    if raw is not None and not (raw.dtype == np.bool_ or np.issubdtype(raw.dtype, np.integer)
+                                or np.issubdtype(raw.dtype, np.floating)):
+        raise PromptError(f"{name} must be a real-valued array {shape_hint}, got dtype {raw.dtype}")
     try:
         a = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise PromptError(f"{name} must be numbers {shape_hint}, got {value!r}") from None
     _finite(name, a)
     return a
+
+
+def _fits_f32(name: str, a: np.ndarray) -> np.ndarray:  # float64 [...] -> float32 [...]
+    """Cast to float32, refusing values that would overflow to inf (e.g. a coordinate of 1e300)."""
+    if a.size and np.abs(a).max() > np.finfo(np.float32).max:
+        raise PromptError(f"{name} has values too large for float32 (max |value| {np.abs(a).max():.3g})")
+    return a.astype(np.float32)
+
+
+def _warn_inverted(b: np.ndarray) -> None:  # [B, 4] xyxy in original pixels
+    bad = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
+    if bad.any():
+        warnings.warn(f"box {b[bad][0].tolist()} is inverted (x1 < x0 or y1 < y0); it is used as given, as the "
+                      "official code does, but SAM expects [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1",
+                      PromptWarning, stacklevel=3)
+
+
+def _check_mask_input(m: np.ndarray, raw) -> None:  # [..., M, M]
+    """Warn when mask_input looks like a thresholded mask rather than logits."""
+    values = np.unique(m)
+    dtype = np.asarray(raw).dtype
+    binary = values.size <= 2 and (set(values.tolist()) <= {0.0, 1.0} or set(values.tolist()) <= {0.0, 255.0})
+    if binary or not np.issubdtype(dtype, np.floating):
+        what = f"only the values {values.tolist()}" if binary else f"dtype {dtype}"
+        warnings.warn(f"mask_input has {what}: it looks like a mask, not logits; SAM "
+                      "expects the low-res logits a previous predict call returned (its third output, e.g. "
+                      "low_res[np.argmax(scores)][None]); a binary mask gives poor masks", PromptWarning,
+                      stacklevel=3)
 
 
 class SamPredictor:
@@ -57,11 +121,17 @@ class SamPredictor:
     # ----------------------------------------------------------------- image
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", trace: Optional[dict] = None) -> None:
-        """Compute the embedding of an HWC uint8 image ("RGB" or "BGR")."""
-        from .transforms import as_rgb_uint8
+        """Compute the embedding of an HWC uint8 image ("RGB" or "BGR").
+
+        Other arrays are converted by the rules of :mod:`minisam.images` (grey, RGBA, uint16,
+        float in [0, 1], ...) or refused with :class:`ImageError`; so are images over the pixel
+        limit (:func:`minisam.images.max_image_pixels`), since masks come back at this size.
+        """
+        from .images import to_rgb_uint8
+        self.reset_image()  # a refused image must not leave the previous image's embedding in place
         if image_format not in ("RGB", "BGR"):
             raise ImageError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        image = as_rgb_uint8(image, image_format)  # [H, W, 3] uint8 in the model's format (RGB)
+        image = to_rgb_uint8(image, image_format)  # [H, W, 3] uint8 in the model's format (RGB)
         input_image = self.transform.apply_image(image)  # [h, w, 3] uint8, long side = img_size
         x = np.ascontiguousarray(input_image.transpose(2, 0, 1))[None]  # [1, 3, h, w]
         self.set_preprocessed_image(x, image.shape[:2], trace=trace)
@@ -138,8 +208,10 @@ class SamPredictor:
                 multimask_output: bool = True, return_logits: bool = False, trace: Optional[dict] = None):
         """Masks for one prompt, in original image pixels.
 
-        point_coords [N, 2] (x, y), point_labels [N] (1 fg, 0 bg), box [4] xyxy,
-        mask_input [1, M, M] low-res logits of a previous call
+        point_coords [N, 2] (x, y) pixels; point_labels [N]: 1 foreground, 0 background, -1 padding
+        (2 and 3 are accepted with a warning, anything else is refused; see the module docstring);
+        box [4] x0, y0, x1, y1; mask_input [1, M, M] low-res logits of a previous call (its third
+        output), not a binary mask. Points and boxes may lie outside the image.
         -> (masks [K', H, W] bool, or float32 logits with return_logits; iou [K']; low_res [K', M, M]).
         """
         if not self.is_image_set:
@@ -148,19 +220,23 @@ class SamPredictor:
         coords = labels = boxes = masks = None
         if point_coords is not None or point_labels is not None:
             pts, labs = self._check_points(point_coords, point_labels, batched=False)
-            coords = self.transform.apply_coords(pts, self.original_size).astype(np.float32)[None]  # [1, N, 2]
+            coords = _fits_f32("point_coords", self.transform.apply_coords(pts, self.original_size))[None]  # [1, N, 2]
             labels = labs.astype(np.int32)[None]  # [1, N]
         if box is not None:
             b = _as_float("box", box, "[x0, y0, x1, y1]")
             if b.size != 4:
                 raise PromptError(f"box must be 4 numbers [x0, y0, x1, y1], got shape {b.shape}")
-            boxes = self.transform.apply_boxes(b.reshape(1, 4), self.original_size).astype(np.float32)  # [1, 4]
+            _warn_inverted(b.reshape(1, 4))
+            boxes = _fits_f32("box", self.transform.apply_boxes(b.reshape(1, 4), self.original_size))  # [1, 4]
         if mask_input is not None:
             m = _as_float("mask_input", mask_input, f"[1, {M}, {M}]")
             if m.shape != (1, M, M):
+                full = " (that is the image size: give the low-res logits, not a full-size mask)" \
+                    if m.shape[-2:] == tuple(self.original_size) else ""
                 raise PromptError(f"mask_input must have shape [1, {M}, {M}] (low-res logits of a previous "
-                                  f"prediction), got {list(m.shape)}")
-            masks = m.astype(np.float32)[None]  # [1, 1, M, M]
+                                  f"prediction, its third output), got {list(m.shape)}{full}")
+            _check_mask_input(m, mask_input)
+            masks = _fits_f32("mask_input", m)[None]  # [1, 1, M, M]
         out_masks, iou, low_res = self._predict_model_frame(coords, labels, boxes, masks, multimask_output,
                                                             return_logits, trace)
         return out_masks[0], iou[0], low_res[0]
@@ -179,23 +255,27 @@ class SamPredictor:
         sizes = {}
         if point_coords is not None or point_labels is not None:
             pts, labs = self._check_points(point_coords, point_labels, batched=True)
-            coords = self._scale_f32(pts)  # [B, N, 2] float32, model input frame
+            coords = self._scale_f32(pts, "point_coords")  # [B, N, 2] float32, model input frame
             labels = labs.astype(np.int32)  # [B, N]
             sizes["point_coords"] = pts.shape[0]
         if boxes is not None:
             b = _as_float("boxes", boxes, "[B, 4]")
             if b.ndim != 2 or b.shape[1] != 4:
                 raise PromptError(f"boxes must have shape [B, 4] (x0, y0, x1, y1), got {list(b.shape)}")
-            bxs = self._scale_f32(b.reshape(-1, 2, 2)).reshape(-1, 4)  # [B, 4]
+            _warn_inverted(b)
+            bxs = self._scale_f32(b.reshape(-1, 2, 2), "boxes").reshape(-1, 4)  # [B, 4]
             sizes["boxes"] = b.shape[0]
         if mask_input is not None:
             m = _as_float("mask_input", mask_input, f"[B, 1, {M}, {M}]")
             if m.ndim != 4 or m.shape[1:] != (1, M, M):
-                raise PromptError(f"mask_input must have shape [B, 1, {M}, {M}], got {list(m.shape)}")
-            masks = m.astype(np.float32)
+                raise PromptError(f"mask_input must have shape [B, 1, {M}, {M}] (low-res logits of a previous "
+                                  f"prediction), got {list(m.shape)}")
+            masks = _fits_f32("mask_input", m)  # [B, 1, M, M]
             sizes["mask_input"] = m.shape[0]
         if len(set(sizes.values())) > 1:
             raise PromptError(f"prompt batch sizes differ: {sizes}")
+        if masks is not None and masks.size:
+            _check_mask_input(m, mask_input)
         return self._predict_model_frame(coords, labels, bxs, masks, multimask_output, return_logits, trace)
 
     # ----------------------------------------------------------------- internals
@@ -210,21 +290,35 @@ class SamPredictor:
         labs = _as_float("point_labels", point_labels, "[B, N]" if batched else "[N]")
         nd = 3 if batched else 2
         if pts.ndim != nd or pts.shape[-1] != 2:
-            raise PromptError(f"point_coords must have shape {want} (x, y pixels), got {list(pts.shape)}")
+            empty = f"; for no points pass None (or shape {want.replace('N', '0')})" if pts.size == 0 else ""
+            raise PromptError(f"point_coords must have shape {want} (x, y pixels), got {list(pts.shape)}{empty}")
         if labs.shape != pts.shape[:-1]:
             raise PromptError(f"point_labels has shape {list(labs.shape)}, it must match point_coords "
                               f"{list(pts.shape)}: one label per point")
         if np.any(labs != np.round(labs)):
             raise PromptError(f"point_labels must be integers (1 foreground, 0 background), got {labs.tolist()}")
+        unknown = sorted(set(labs.ravel().tolist()) - set(POINT_LABELS))
+        if unknown:
+            raise PromptError(f"point_labels {[int(v) for v in unknown]} have no meaning; use 1 (foreground), "
+                              "0 (background) or -1 (padding, position ignored)")
+        corners = sorted(set(labs.ravel().tolist()) & {2.0, 3.0})
+        if corners:
+            warnings.warn(f"point label(s) {[int(v) for v in corners]} are box-corner labels of the ONNX export; "
+                          "the PyTorch path (and minisam, which follows it) gives such points only their positional "
+                          "encoding, no learned embedding: pass a box as box=[x0, y0, x1, y1] instead",
+                          PromptWarning, stacklevel=3)
         return pts, labs
 
-    def _scale_f32(self, coords):  # [..., 2] original pixels -> [..., 2] float32 model frame
+    def _scale_f32(self, coords, name="coordinates"):  # [..., 2] original pixels -> [..., 2] f32 model frame
         """``apply_coords_torch``: float32 arithmetic, x * (w/W), y * (h/H)."""
         H, W = self.original_size
         h, w = self.transform.get_preprocess_shape(H, W, self.model.config.img_size)
-        out = coords.astype(np.float32)  # [..., 2]
-        out[..., 0] = out[..., 0] * np.float32(w / W)
-        out[..., 1] = out[..., 1] * np.float32(h / H)
+        out = _fits_f32(name, coords)  # [..., 2]
+        with np.errstate(over="ignore"):
+            out[..., 0] = out[..., 0] * np.float32(w / W)
+            out[..., 1] = out[..., 1] * np.float32(h / H)
+        if not np.all(np.isfinite(out)):
+            raise PromptError(f"{name} are too large for float32 once scaled to the model input")
         return out
 
     def _predict_model_frame(self, coords, labels, boxes, masks, multimask_output, return_logits, trace):

@@ -8,13 +8,16 @@ else the user cache folder (``$XDG_CACHE_HOME/minisam`` or ``~/.cache/minisam``)
 
 A download streams to ``NAME.part`` with a progress bar, resumes an interrupted ``.part``
 with an HTTP Range request, checks the size and MD5, and only then renames the file to its
-final name. A bad checksum, an HTTP error or a broken connection leaves nothing under the
-final name and raises :class:`DownloadError` saying what happened.
+final name. A bad checksum, an HTTP error, a broken connection, a full disk or a server whose
+Content-Length disagrees with the registered size or with what it sends leaves nothing under
+the final name and raises :class:`DownloadError` saying what happened.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import json
 import os
 import urllib.error
@@ -97,8 +100,11 @@ def download_file(url: str, dest: str, md5: str, size: Optional[int] = None, pro
     """
     from tqdm import tqdm
 
-    os.makedirs(os.path.dirname(os.path.abspath(dest)) or ".", exist_ok=True)
     part = dest + ".part"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(dest)) or ".", exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the folder of {dest}: {exc.strerror or exc}") from None
     have = os.path.getsize(part) if os.path.exists(part) else 0
     if size is not None and have > size:
         os.remove(part)
@@ -124,27 +130,50 @@ def download_file(url: str, dest: str, md5: str, size: Optional[int] = None, pro
         with resp:
             if have and resp.status != 206:  # server ignored Range: start over
                 have, h = 0, hashlib.md5()
-            declared = resp.headers.get("Content-Length")
-            expected_total = size if size is not None else (have + int(declared) if declared else None)
+            declared = _content_length(resp, url)
+            if size is not None and declared is not None and have + declared != size:
+                raise DownloadError(f"{url}: the server announces {declared} bytes"
+                                    f"{f' after the {have} already here' if have else ''}, but the file is "
+                                    f"{size} bytes; nothing written to {dest}")
+            expected_total = size if size is not None else (have + declared if declared is not None else None)
             mode = "ab" if have else "wb"
             got = 0
-            try:
-                with open(part, mode) as out, tqdm(total=expected_total, initial=have, unit="B", unit_scale=True,
-                                                   desc=os.path.basename(dest), disable=not progress) as bar:
-                    while True:
+            try:  # unbuffered, so that a failed write is reported here and not again when the file closes
+                out = open(part, mode, buffering=0)
+            except OSError as exc:
+                raise DownloadError(f"cannot write {part}: {exc.strerror or exc}; nothing written to {dest}") from None
+            with out, tqdm(total=expected_total, initial=have, unit="B", unit_scale=True,
+                           desc=os.path.basename(dest), disable=not progress) as bar:
+                while True:
+                    try:
                         chunk = resp.read(CHUNK)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        h.update(chunk)
-                        got += len(chunk)
-                        bar.update(len(chunk))
-            except OSError as exc:  # broken connection, disk full, ...
-                raise DownloadError(f"{url}: transfer interrupted after {have + got} bytes ({exc}); "
-                                    f"the partial file {part} is kept for a resume") from None
-            if declared is not None and got != int(declared):
-                raise DownloadError(f"{url}: connection closed after {got} of {declared} bytes; "
-                                    f"the partial file {part} is kept for a resume")
+                    except (OSError, http.client.HTTPException) as exc:  # reset, timeout, bad chunking
+                        raise DownloadError(f"{url}: transfer interrupted after {have + got} bytes "
+                                            f"({type(exc).__name__}: {exc}); nothing written to {dest}, the partial "
+                                            f"file {part} is kept for a resume") from None
+                    if not chunk:
+                        break
+                    if size is not None and have + got + len(chunk) > size:
+                        out.close()
+                        os.remove(part)
+                        raise DownloadError(f"{url}: the server sent more than the expected {size} bytes; "
+                                            f"removed {part}, nothing written to {dest}")
+                    try:
+                        _write_all(out, chunk)
+                    except OSError as exc:
+                        full = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (disk quota exceeded)",
+                                errno.EFBIG: " (file size limit)"}.get(exc.errno, "")
+                        raise DownloadError(f"cannot write {part} after {have + got} bytes: "
+                                            f"{exc.strerror or exc}{full}; nothing written to {dest}; the partial "
+                                            "file is kept so that a later call resumes once there is room "
+                                            "(delete it to free the space)") from None
+                    h.update(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+            if declared is not None and got != declared:
+                raise DownloadError(f"{url}: the server announced {declared} bytes but the connection closed "
+                                    f"after {got}; nothing written to {dest}, the partial file {part} is kept "
+                                    f"for a resume")
     total = os.path.getsize(part)
     if size is not None and total != size:
         if total < size:
@@ -158,6 +187,30 @@ def download_file(url: str, dest: str, md5: str, size: Optional[int] = None, pro
                             f"nothing written to {dest}")
     os.replace(part, dest)
     return dest
+
+
+def _write_all(out, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (a raw write may write only part of it)."""
+    view = memoryview(data)
+    while view:
+        n = out.write(view)
+        if not n:
+            raise OSError(errno.ENOSPC, "no bytes written")
+        view = view[n:]
+
+
+def _content_length(resp, url: str) -> Optional[int]:
+    """The response's Content-Length as an int, None when absent; a clear error when malformed."""
+    text = resp.headers.get("Content-Length")
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise DownloadError(f"{url}: the server sent a malformed Content-Length {text!r}")
+    return value
 
 
 def download(name: str, progress: bool = True, force: bool = False) -> str:

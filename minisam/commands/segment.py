@@ -6,6 +6,11 @@ Runs ``SamPredictor`` on one image with point and/or box prompts and writes, int
   ``show_box``), one panel per mask, titled with its predicted IoU;
 - ``mask_K.png``: each mask as a black/white PNG at the original size;
 - ``scores.json``: the prompts, each mask's file and score, and the best mask.
+
+Existing files of these names are not overwritten unless ``--force`` is given; the check (and
+the check that DIR can be created and written) runs before the model is loaded, so a mistake
+costs nothing. Images are read by :func:`minisam.images.read_image` (its rules: grey, RGBA,
+16-bit, EXIF orientation, size limit).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 
 import numpy as np
 
-from ..errors import ImageError, PromptError
+from ..errors import MinisamError, PromptError
 
 
 def _numbers(text: str, counts, what: str):
@@ -62,16 +67,9 @@ def load_model(args):
 
 
 def load_image(path: str) -> np.ndarray:  # -> [H, W, 3] uint8 RGB
-    from PIL import Image, UnidentifiedImageError
-
-    from ..transforms import as_rgb_uint8
-    try:
-        with Image.open(path) as im:
-            return as_rgb_uint8(np.asarray(im.convert("RGB")))
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"{path}: cannot read as an image ({exc})") from None
+    """:func:`minisam.images.read_image` (kept under this name for the other commands)."""
+    from ..images import read_image
+    return read_image(path)
 
 
 def add_parser(sub):
@@ -86,6 +84,7 @@ def add_parser(sub):
     p.add_argument("--single", action="store_true",
                    help="one mask (the single-output token) instead of three ambiguity-aware masks")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files in DIR")
     return p
 
 
@@ -113,15 +112,28 @@ def save_overlay(path, image, masks, scores, points, labels, box) -> None:
     plt.close(fig)
 
 
+def _write(path: str, save) -> None:
+    """Run ``save(path)``; a full disk or a vanished folder becomes one clear line."""
+    try:
+        save(path)
+    except OSError as exc:
+        raise MinisamError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def run(args) -> int:
     from PIL import Image
 
     from ..predictor import SamPredictor
+    from ..viz import prepare_out_file
     if not args.point and args.box is None:
         raise PromptError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
     image = load_image(args.image)
+    names = [f"mask_{k}.png" for k in range(1 if args.single else 3)] + ["overlay.png", "scores.json"]
+    prepare_out_file(args.out, names[0], force=True)  # creates DIR, or says why it cannot be written
+    existing = [n for n in names if os.path.exists(os.path.join(args.out, n))]
+    if existing and not args.force:
+        raise MinisamError(f"{args.out} already holds {', '.join(existing)}; pass --force to overwrite")
     sam = load_model(args)
-    os.makedirs(args.out, exist_ok=True)
     predictor = SamPredictor(sam)
     predictor.set_image(image)
     points = np.array([pt[:2] for pt in args.point], np.float64) if args.point else None
@@ -132,9 +144,10 @@ def run(args) -> int:
     files = []
     for k, m in enumerate(masks):
         name = f"mask_{k}.png"
-        Image.fromarray(m.astype(np.uint8) * 255).save(os.path.join(args.out, name))
+        _write(os.path.join(args.out, name), Image.fromarray(m.astype(np.uint8) * 255).save)
         files.append(name)
-    save_overlay(os.path.join(args.out, "overlay.png"), image, masks, scores, points, labels, box)
+    _write(os.path.join(args.out, "overlay.png"),
+           lambda path: save_overlay(path, image, masks, scores, points, labels, box))
     report = {
         "image": os.path.abspath(args.image),
         "image_size": list(image.shape[:2]),
@@ -145,8 +158,10 @@ def run(args) -> int:
         "masks": [{"file": f, "score": float(s), "area": int(m.sum())} for f, s, m in zip(files, scores, masks)],
         "best": int(np.argmax(scores)),
     }
-    with open(os.path.join(args.out, "scores.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    def save_json(path):
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+    _write(os.path.join(args.out, "scores.json"), save_json)
     for k, s in enumerate(scores):
         print(f"mask {k}: score {s:.4f}, {int(masks[k].sum())} pixels -> {os.path.join(args.out, files[k])}")
     print(f"overlay -> {os.path.join(args.out, 'overlay.png')}")

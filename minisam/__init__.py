@@ -12,7 +12,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 from .errors import (CheckpointError, ConfigError, DownloadError, ImageError,  # noqa: F401
-                     MinisamError, PromptError)
+                     MinisamError, MinisamWarning, PromptError, PromptWarning)
 
 _LAZY = {
     "load_state_dict": "minisam.checkpoint",
@@ -29,7 +29,7 @@ _LAZY = {
 }
 
 __all__ = sorted(list(_LAZY) + ["CheckpointError", "ConfigError", "DownloadError", "ImageError",
-                                "MinisamError", "PromptError", "__version__"])
+                                "MinisamError", "MinisamWarning", "PromptError", "PromptWarning", "__version__"])
 
 
 def __getattr__(name):

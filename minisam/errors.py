@@ -28,3 +28,11 @@ class PromptError(MinisamError, ValueError):
 
 class DownloadError(MinisamError, OSError):
     """A weights download that failed: HTTP error, broken connection or checksum mismatch."""
+
+
+class MinisamWarning(UserWarning):
+    """Base class of minisam's warnings: input used as given that is probably a mistake."""
+
+
+class PromptWarning(MinisamWarning):
+    """A prompt minisam uses as given (the official code does) but that is probably a mistake."""

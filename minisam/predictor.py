@@ -47,17 +47,13 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import ImageError, MinisamError, PromptError
+from .errors import ImageError, MinisamError, PromptError, PromptWarning  # noqa: F401 (PromptWarning re-exported)
 
 EMBEDDING_FORMAT_VERSION = 1
 
 
 class ImageNotSetError(MinisamError, RuntimeError):
     """``predict`` before ``set_image``. A RuntimeError, as the official predictor raises."""
-
-
-class PromptWarning(UserWarning):
-    """A prompt minisam uses as given (the official code does) but that is probably a mistake."""
 
 
 # point label -> meaning in the official PyTorch path (see the module docstring)

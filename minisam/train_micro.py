@@ -192,7 +192,7 @@ def _val_torch(model, scenes, size):
 
 def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 4, masks_per_image: int = 6,
           lr: float = 8e-4, weight_decay: float = 0.05, warmup: Optional[int] = None, val_every: int = 500,
-          graded_rounds: int = 4, on_step=None,
+          graded_rounds: int = 4, clip_grad: Optional[float] = 1.0, on_step=None,
           threads: Optional[int] = None, progress: bool = True, log=print) -> Dict:
     """Train :data:`MICRO_CONFIG` for ``steps`` steps; write ``microsam_shapes.pth`` and a log to ``out_dir``."""
     import torch
@@ -228,7 +228,8 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
         loss = _interactive_rounds(model, embeddings[owner], np.stack(targets), rng, first, size, graded_rounds)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         opt.step()
         rec = {"step": step + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0}
         if on_step is not None:

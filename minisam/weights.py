@@ -214,8 +214,10 @@ def _content_length(resp, url: str) -> Optional[int]:
 
 
 def download(name: str, progress: bool = True, force: bool = False) -> str:
-    """Download registered weights ``name`` into :func:`weights_dir`."""
+    """Download registered weights ``name`` into :func:`weights_dir` (bundled ones ship with minisam)."""
     e = entry(name)
+    if e.get("bundled"):
+        return find(name)
     dest = path_of(name)
     if os.path.isfile(dest) and not force:
         return dest

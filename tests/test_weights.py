@@ -65,10 +65,11 @@ def server():
     httpd.server_close()
 
 
-def test_registry_has_the_three_official_files():
+def test_registry_has_the_three_official_files_and_the_bundled_micro_model():
     reg = weights.registry()
-    assert set(reg) == {"vit_b", "vit_l", "vit_h"}
-    for e in reg.values():
+    assert set(reg) == {"vit_b", "vit_l", "vit_h", "micro"}
+    assert reg["micro"]["bundled"] and weights.download("micro") == weights.find("micro")
+    for e in (reg[k] for k in ("vit_b", "vit_l", "vit_h")):
         assert e["md5"][:6] in e["file"] and len(e["md5"]) == 32 and len(e["sha256"]) == 64
         assert e["url"].endswith(e["file"])
 

@@ -1,0 +1,411 @@
+"""Row kernels shared by every model part: LayerNorm, GELU, softmax.
+
+Each kernel comes twice: a readable NumPy twin (``*_numpy``) that states the math in a few
+lines, and a Numba kernel (``_*_kernel``) that does the same work in one pass over memory,
+in parallel over rows. ``tests/test_kernels.py`` holds each pair equal with hypothesis.
+The public functions (``layer_norm``, ``gelu``, ``softmax`` ...) call the Numba kernels.
+
+Numerics follow the official PyTorch modules (SAM_NOTES 2.2, 2.7):
+- LayerNorm (``torch.nn.LayerNorm``, ``modeling/common.py`` LayerNorm2d): biased variance,
+  ``(x - mean) / sqrt(var + eps) * w + b``. The row mean and variance are accumulated in
+  float64 *scalars* (registers, no float64 arrays), so they are at least as exact as
+  PyTorch's float32 vectorized sums; the tensors stay float32.
+- GELU (``torch.nn.GELU()``, default ``approximate="none"``): ``0.5 * x * (1 + erf(x / sqrt 2))``
+  with the exact erf, never the tanh approximation.
+- softmax over the last axis: subtract the row max, exponentiate, scale by 1 / sum, as
+  ``aten/src/ATen/native/cpu/SoftMaxKernel.cpp`` (``_vec_softmax_lastdim``) does.
+
+Big GEMMs never happen here: they are plain NumPy float32 matmuls (BLAS threads) outside
+Numba, and these kernels run between them (Numba threads), so the two never nest.
+All functions take and return float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._numba import njit, prange
+
+_SQRT1_2 = np.float32(1.0 / math.sqrt(2.0))
+
+
+def _f32(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- LayerNorm
+
+def layer_norm_numpy(x, weight, bias, eps=1e-6):
+    """NumPy twin: LayerNorm over the last axis.  [..., C], [C], [C] -> [..., C]"""
+    mean = x.mean(-1, keepdims=True, dtype=np.float64)                  # [..., 1]
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)                     # [..., 1] biased
+    return (((x - mean) / np.sqrt(var + eps)) * weight + bias).astype(np.float32)  # [..., C]
+
+
+@njit(parallel=True)
+def _layer_norm_kernel(x, weight, bias, eps, out):  # [R, C], [C], [C], (), [R, C]
+    rows, C = x.shape
+    for r in prange(rows):
+        total = 0.0                                   # float64 scalar accumulators
+        for c in range(C):
+            total += x[r, c]
+        mean = total / C
+        sq = 0.0
+        for c in range(C):
+            d = x[r, c] - mean
+            sq += d * d
+        inv = 1.0 / math.sqrt(sq / C + eps)
+        for c in range(C):
+            out[r, c] = np.float32((x[r, c] - mean) * inv) * weight[c] + bias[c]
+
+
+def layer_norm(x, weight, bias, eps=1e-6):
+    """LayerNorm over the last axis of any float32 array.  [..., C] -> [..., C]
+
+    The encoder and every LayerNorm2d use eps 1e-6; the decoder's nn.LayerNorms use 1e-5.
+    """
+    x = _f32(x)
+    out = np.empty_like(x)
+    C = x.shape[-1]
+    _layer_norm_kernel(x.reshape(-1, C), _f32(weight), _f32(bias), float(eps), out.reshape(-1, C))
+    return out
+
+
+def add_layer_norm_numpy(x, delta, weight, bias, eps=1e-6, delta_bias=None):
+    """NumPy twin of the fused residual: returns (x + delta [+ delta_bias], LN of that)."""
+    if delta_bias is not None:
+        delta = delta + delta_bias                                       # [..., C]
+    s = (x + delta).astype(np.float32)                                   # [..., C]
+    return s, layer_norm_numpy(s, weight, bias, eps)
+
+
+@njit(parallel=True)
+def _add_layer_norm_kernel(x, delta, delta_bias, weight, bias, eps, out):  # [R, C] x2, [C] x3, (), [R, C]
+    rows, C = x.shape
+    for r in prange(rows):
+        total = 0.0
+        for c in range(C):
+            s = x[r, c] + (delta[r, c] + delta_bias[c])   # float32, the order torch uses
+            x[r, c] = s
+            total += s
+        mean = total / C
+        sq = 0.0
+        for c in range(C):
+            d = x[r, c] - mean
+            sq += d * d
+        inv = 1.0 / math.sqrt(sq / C + eps)
+        for c in range(C):
+            out[r, c] = np.float32((x[r, c] - mean) * inv) * weight[c] + bias[c]
+
+
+def add_layer_norm(x, delta, weight, bias, eps=1e-6, delta_bias=None):
+    """Residual add fused with the LayerNorm that follows it, in one pass.
+
+    ``x += delta (+ delta_bias)`` IN PLACE (x must be a C-contiguous float32 array), and
+    returns ``LN(x)``.  [..., C], [..., C] -> [..., C].  ``delta_bias`` [C] is the bias of the
+    linear layer that produced ``delta``, folded in here to save a pass.
+    """
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        raise ValueError("add_layer_norm updates x in place: x must be C-contiguous float32")
+    C = x.shape[-1]
+    db = np.zeros(C, np.float32) if delta_bias is None else _f32(delta_bias)
+    out = np.empty_like(x)
+    _add_layer_norm_kernel(x.reshape(-1, C), _f32(delta).reshape(-1, C), db, _f32(weight), _f32(bias),
+                           float(eps), out.reshape(-1, C))
+    return out
+
+
+def layer_norm2d_numpy(x, weight, bias, eps=1e-6):
+    """NumPy twin of LayerNorm2d: normalize over channels.  [B, C, H, W] -> [B, C, H, W]"""
+    u = x.mean(1, keepdims=True, dtype=np.float64)                       # [B, 1, H, W]
+    s = ((x - u) ** 2).mean(1, keepdims=True)                            # [B, 1, H, W]
+    y = (x - u) / np.sqrt(s + eps)                                       # [B, C, H, W]
+    return (weight[:, None, None] * y + bias[:, None, None]).astype(np.float32)
+
+
+def layer_norm2d(x, weight, bias, eps=1e-6):
+    """LayerNorm2d (``modeling/common.py``): channels-first LayerNorm.  [B, C, H, W] -> [B, C, H, W]"""
+    x = _f32(x)
+    y = layer_norm(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), weight, bias, eps)  # [B, H, W, C]
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))                 # [B, C, H, W]
+
+
+# --------------------------------------------------------------------------- exp and erf
+# libm's scalar expf/erff stop LLVM from vectorizing a loop (Numba has no vector math
+# library without Intel SVML), and they dominated the encoder's elementwise time (erf
+# alone was ~1 s of a vit_b forward). These two are plain float32 polynomials that LLVM
+# vectorizes with fastmath off. Accuracy is measured in tests/test_kernels.py against
+# float64 references: exp within 2e-7 relative, erf within 5e-7 absolute. PyTorch's own
+# CPU kernels are approximations too (SLEEF expf_u10; its vectorized erf is Abramowitz &
+# Stegun 7.1.26, max error 1.5e-7), so neither side is "the exact" one at float32.
+
+@njit(inline="always")
+def _exp_parts(x):
+    """exp(x) = p * 2**n for float32 x (Cephes expf): returns (p, n), n a float32 integer."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)  # x - n ln2, two parts
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    return p * r * r + r + np.float32(1.0), n
+
+
+@njit(inline="always")
+def _erf(x):
+    """erf of a float32 (Eigen's ``generic_fast_erf_float`` rational fit on [-4, 4])."""
+    v = min(max(x, np.float32(-4.0)), np.float32(4.0))
+    x2 = v * v
+    p = x2 * np.float32(-2.72614225801306e-10) + np.float32(2.77068142495902e-08)
+    p = x2 * p + np.float32(-2.10102402082508e-06)
+    p = x2 * p + np.float32(-5.69250639462346e-05)
+    p = x2 * p + np.float32(-7.34990630326855e-04)
+    p = x2 * p + np.float32(-2.95459980854025e-03)
+    p = x2 * p + np.float32(-1.60960333262415e-02)
+    q = x2 * np.float32(-1.45660718464996e-05) + np.float32(-2.13374055278905e-04)
+    q = x2 * q + np.float32(-1.68282697438203e-03)
+    q = x2 * q + np.float32(-7.37332916720468e-03)
+    q = x2 * q + np.float32(-1.42647390514189e-02)
+    return v * p / q
+
+
+@njit(parallel=True)
+def _exp_kernel(x, out):  # [R, N] -> [R, N]; exposes _exp_parts to the tests
+    rows, N = x.shape
+    for r in prange(rows):
+        for j in range(N):
+            p, n = _exp_parts(x[r, j])
+            out[r, j] = p * np.float32(2.0) ** np.int32(n)
+
+
+@njit(parallel=True)
+def _erf_kernel(x, out):  # [R, N] -> [R, N]; exposes _erf to the tests
+    rows, N = x.shape
+    for r in prange(rows):
+        for j in range(N):
+            out[r, j] = _erf(x[r, j])
+
+
+# --------------------------------------------------------------------------- GELU
+
+def _erf_numpy(x):
+    # NumPy has no erf ufunc; math.erf per element is slow but exact (test sizes only).
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def gelu_numpy(x, bias=None):
+    """NumPy twin: exact GELU, optionally of ``x + bias``.  [..., C] -> [..., C]"""
+    if bias is not None:
+        x = (x + bias).astype(np.float32)                                # [..., C]
+    x64 = x.astype(np.float64)
+    return (0.5 * x64 * (1.0 + _erf_numpy(x64 / math.sqrt(2.0)))).astype(np.float32)
+
+
+@njit(parallel=True)
+def _gelu_kernel(x, bias, out):  # [R, C], [C], [R, C]; out may alias x
+    rows, C = x.shape
+    half = np.float32(0.5)
+    one = np.float32(1.0)
+    for r in prange(rows):
+        for c in range(C):
+            v = x[r, c] + bias[c]
+            out[r, c] = v * half * (one + _erf(v * _SQRT1_2))
+
+
+def gelu(x, bias=None, out=None):
+    """Exact-erf GELU (not the tanh form) of ``x (+ bias)`` over any float32 array.  [..., C] -> [..., C]
+
+    ``out=x`` works in place (the MLP uses that to avoid a 4D-wide temporary).
+    """
+    x = _f32(x)
+    C = x.shape[-1] if x.ndim else 1
+    b = np.zeros(C, np.float32) if bias is None else _f32(bias)
+    if out is None:
+        out = np.empty_like(x)
+    _gelu_kernel(x.reshape(-1, C), b, out.reshape(-1, C))
+    return out
+
+
+# --------------------------------------------------------------------------- softmax
+
+_LANES = 8  # independent partial max/sum accumulators, so the row reductions vectorize
+
+
+@njit(inline="always")
+def _softmax_row_(row, bits):  # [N] float32 in place, [N] int32 scratch
+    """Softmax of one row in place: max, exp(x - max), scale by 1 / sum."""
+    N = row.shape[0]
+    body = N - N % _LANES
+    lane = np.full(_LANES, row[0], np.float32)
+    for j0 in range(0, body, _LANES):
+        for l in range(_LANES):
+            lane[l] = max(lane[l], row[j0 + l])
+    m = lane.max()
+    for j in range(body, N):
+        m = max(m, row[j])
+    for j in range(N):                         # exp(x - m) = p * 2**n; 2**n built from bits
+        p, n = _exp_parts(row[j] - m)
+        row[j] = p
+        bits[j] = (np.int32(n) + np.int32(127)) << 23
+    scale = bits.view(np.float32)
+    acc = np.zeros(_LANES, np.float64)
+    for j0 in range(0, body, _LANES):
+        for l in range(_LANES):
+            e = row[j0 + l] * scale[j0 + l]
+            row[j0 + l] = e
+            acc[l] += e
+    total = acc.sum()
+    for j in range(body, N):
+        e = row[j] * scale[j]
+        row[j] = e
+        total += e
+    inv = np.float32(1.0 / total)
+    for j in range(N):
+        row[j] *= inv
+
+
+def softmax_numpy(x):
+    """NumPy twin: softmax over the last axis.  [..., N] -> [..., N]"""
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))          # [..., N]
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@njit(parallel=True)
+def _softmax_kernel(x):  # [R, N] in place
+    rows, N = x.shape
+    for r in prange(rows):
+        bits = np.empty(N, np.int32)
+        _softmax_row_(x[r], bits)
+
+
+def softmax(x, out=None):
+    """Softmax over the last axis of any float32 array.  [..., N] -> [..., N]
+
+    ``out=x`` works in place.
+    """
+    x = _f32(x)
+    if out is None:
+        out = x.copy()
+    elif out is not x:
+        out[...] = x
+    N = x.shape[-1]
+    _softmax_kernel(out.reshape(-1, N))
+    return out
+
+
+def softmax_rel_pos_numpy(attn, rel_h, rel_w):
+    """NumPy twin of the fused decomposed-rel-pos softmax (``add_decomposed_rel_pos`` + softmax).
+
+    attn [R, kh*kw] (R query tokens), rel_h [R, kh], rel_w [R, kw] -> [R, kh*kw]
+    """
+    R, kh, kw = attn.shape[0], rel_h.shape[-1], rel_w.shape[-1]
+    a = attn.reshape(R, kh, kw) + rel_h[:, :, None] + rel_w[:, None, :]   # [R, kh, kw]
+    return softmax_numpy(a.reshape(R, kh * kw).astype(np.float32))        # [R, kh*kw]
+
+
+@njit(parallel=True)
+def _softmax_rel_pos_kernel(attn, rel_h, rel_w):  # [R, kh*kw] in place, [R, kh], [R, kw]
+    rows = attn.shape[0]
+    kh = rel_h.shape[1]
+    kw = rel_w.shape[1]
+    for r in prange(rows):
+        bits = np.empty(kh * kw, np.int32)
+        for a in range(kh):
+            for b in range(kw):
+                # float32, in torch's order: (attn + rel_h) + rel_w
+                attn[r, a * kw + b] = (attn[r, a * kw + b] + rel_h[r, a]) + rel_w[r, b]
+        _softmax_row_(attn[r], bits)
+
+
+def softmax_rel_pos_(attn, rel_h, rel_w):
+    """IN PLACE: ``attn = softmax(attn + rel_h[:, :, None] + rel_w[:, None, :])`` per query row.
+
+    attn [R, kh*kw] C-contiguous float32 (scores of R query tokens against a kh x kw key grid),
+    rel_h [R, kh], rel_w [R, kw]. Returns attn. This is ``add_decomposed_rel_pos`` followed by
+    ``softmax(-1)`` (``image_encoder.py`` L325-361, L230), without materializing the sum twice.
+    """
+    if attn.dtype != np.float32 or not attn.flags.c_contiguous or attn.ndim != 2:
+        raise ValueError("softmax_rel_pos_ works in place on a C-contiguous float32 [R, N] array")
+    _softmax_rel_pos_kernel(attn, _f32(rel_h), _f32(rel_w))
+    return attn
+
+
+# --------------------------------------------------------------------------- small-window attention
+
+def attention_rel_pos_numpy(q, k, v, rel_h, rel_w):
+    """NumPy twin: softmax(q k^T + rel-pos) v for a batch of small attention calls.
+
+    q [N, T, hd] ALREADY SCALED, k, v [N, T, hd], rel_h [N, T, kh], rel_w [N, T, kw] with
+    T = kh * kw -> [N, T, hd].
+    """
+    N, T, hd = q.shape
+    scores = np.matmul(q, k.transpose(0, 2, 1))                          # [N, T, T]
+    probs = softmax_rel_pos_numpy(scores.reshape(N * T, T), rel_h.reshape(N * T, -1),
+                                  rel_w.reshape(N * T, -1)).reshape(N, T, T)
+    return np.matmul(probs, v).astype(np.float32)                        # [N, T, hd]
+
+
+@njit(parallel=True)
+def _attention_rel_pos_kernel(q, kT, v, rel_h, rel_w, out):  # [N,T,hd], [N,hd,T], [N,T,hd], [N,T,kh], [N,T,kw], [N,T,hd]
+    N, T, hd = q.shape
+    kh = rel_h.shape[2]
+    kw = rel_w.shape[2]
+    for n in prange(N):                        # one attention call (window x head) per task
+        bits = np.empty(T, np.int32)
+        P = np.empty((4, T), np.float32)       # scores of 4 query rows: each k row is loaded once for 4
+        for i0 in range(0, T, 4):
+            m = min(4, T - i0)
+            P[:] = 0
+            for c in range(hd):                # P[r, :] += q[i0 + r, c] * k[:, c], vectorized over keys
+                kc = kT[n, c]
+                if m == 4:
+                    q0 = q[n, i0, c]
+                    q1 = q[n, i0 + 1, c]
+                    q2 = q[n, i0 + 2, c]
+                    q3 = q[n, i0 + 3, c]
+                    for j in range(T):
+                        kv = kc[j]
+                        P[0, j] += q0 * kv
+                        P[1, j] += q1 * kv
+                        P[2, j] += q2 * kv
+                        P[3, j] += q3 * kv
+                else:
+                    for r in range(m):
+                        qr = q[n, i0 + r, c]
+                        for j in range(T):
+                            P[r, j] += qr * kc[j]
+            for r in range(m):
+                i = i0 + r
+                row = P[r]
+                for a in range(kh):
+                    for b in range(kw):
+                        row[a * kw + b] = (row[a * kw + b] + rel_h[n, i, a]) + rel_w[n, i, b]
+                _softmax_row_(row, bits)
+                out[n, i, :] = 0
+            for r in range(m):                 # out[i] += P[r, j] * v[j], vectorized over hd
+                o = out[n, i0 + r]
+                for j in range(T):
+                    pj = P[r, j]
+                    vj = v[n, j]
+                    for c in range(hd):
+                        o[c] += pj * vj[c]
+
+
+def attention_rel_pos(q, k, v, rel_h, rel_w):
+    """softmax(q k^T + decomposed rel-pos) v, one Numba task per small attention call.
+
+    For the windowed blocks: 25 windows x 12 heads of 196 tokens for vit_b. Batched BLAS
+    on such small matrices spends its time in thread hand-offs (and stalls when the CPU is
+    shared), so each call runs whole inside one thread, its scores staying in cache.
+    q [N, T, hd] ALREADY SCALED, k, v [N, T, hd], rel_h [N, T, kh], rel_w [N, T, kw] -> [N, T, hd].
+    """
+    q, v = _f32(q), _f32(v)
+    kT = np.ascontiguousarray(_f32(k).transpose(0, 2, 1))                # [N, hd, T]
+    out = np.empty_like(q)
+    _attention_rel_pos_kernel(q, kT, v, _f32(rel_h), _f32(rel_w), out)
+    return out

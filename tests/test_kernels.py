@@ -1,0 +1,133 @@
+"""Each Numba kernel of minisam.kernels equals its readable NumPy twin, on random shapes.
+
+Tolerances: the twins accumulate in float64 and use the true exp/erf, the kernels run in
+float32 with float64 scalar accumulators and float32 polynomial exp/erf, so they differ by a
+few float32 ulps: LayerNorm 1e-6 x max(1, max|ref|) (output O(|w|)), GELU 1e-6 x max(1, max|x|)
+(erf within 5e-7), softmax 1e-6 relative + 1e-7 absolute (probabilities <= 1).
+The last two tests pin the accuracy of the polynomial exp and erf themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minisam import kernels as K
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+leading = st.lists(st.integers(1, 6), min_size=0, max_size=3)
+last = st.integers(1, 70)            # covers the 8-lane body and its remainder
+seeds = st.integers(0, 2**32 - 1)
+scales = st.sampled_from([1e-3, 1.0, 10.0, 1e3])
+
+
+def _arr(rng, shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _close(got, ref, atol):
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=atol)
+
+
+@SETTINGS
+@given(leading, last, seeds, scales, st.sampled_from([1e-6, 1e-5]))
+def test_layer_norm(lead, C, seed, scale, eps):
+    rng = np.random.default_rng(seed)
+    x, w, b = _arr(rng, lead + [C], scale), _arr(rng, [C]), _arr(rng, [C])
+    ref = K.layer_norm_numpy(x, w, b, eps)
+    _close(K.layer_norm(x, w, b, eps), ref, 1e-6 * max(1.0, np.abs(ref).max()))
+
+
+@SETTINGS
+@given(leading, last, seeds, scales, st.booleans())
+def test_add_layer_norm(lead, C, seed, scale, with_bias):
+    rng = np.random.default_rng(seed)
+    x, d = _arr(rng, lead + [C], scale), _arr(rng, lead + [C], scale)
+    w, b, db = _arr(rng, [C]), _arr(rng, [C]), (_arr(rng, [C]) if with_bias else None)
+    ref_sum, ref = K.add_layer_norm_numpy(x, d, w, b, 1e-6, db)
+    x_inplace = x.copy()
+    got = K.add_layer_norm(x_inplace, d, w, b, 1e-6, delta_bias=db)
+    np.testing.assert_array_equal(x_inplace, ref_sum)        # the same float32 adds, same order
+    _close(got, ref, 1e-6 * max(1.0, np.abs(ref).max()))
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 9), st.integers(1, 9), seeds)
+def test_layer_norm2d(B, C, H, W, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = _arr(rng, [B, C, H, W], 3.0), _arr(rng, [C]), _arr(rng, [C])
+    ref = K.layer_norm2d_numpy(x, w, b)
+    _close(K.layer_norm2d(x, w, b), ref, 1e-6 * max(1.0, np.abs(ref).max()))
+
+
+@SETTINGS
+@given(leading, last, seeds, st.sampled_from([0.1, 1.0, 3.0, 30.0]), st.booleans())
+def test_gelu(lead, C, seed, scale, with_bias):
+    rng = np.random.default_rng(seed)
+    x = _arr(rng, lead + [C], scale)
+    b = _arr(rng, [C]) if with_bias else None
+    ref = K.gelu_numpy(x, b)
+    _close(K.gelu(x, b), ref, 1e-6 * max(1.0, np.abs(x).max()))
+    inplace = x.copy()
+    K.gelu(inplace, b, out=inplace)
+    _close(inplace, ref, 1e-6 * max(1.0, np.abs(x).max()))
+
+
+@SETTINGS
+@given(leading, st.integers(1, 300), seeds, scales)
+def test_softmax(lead, N, seed, scale):
+    rng = np.random.default_rng(seed)
+    x = _arr(rng, lead + [N], scale)
+    ref = K.softmax_numpy(x)
+    got = K.softmax(x)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+
+
+@SETTINGS
+@given(st.integers(1, 40), st.integers(1, 16), st.integers(1, 16), seeds, scales)
+def test_softmax_rel_pos(R, kh, kw, seed, scale):
+    rng = np.random.default_rng(seed)
+    attn, rh, rw = _arr(rng, [R, kh * kw], scale), _arr(rng, [R, kh], scale), _arr(rng, [R, kw], scale)
+    ref = K.softmax_rel_pos_numpy(attn, rh, rw)
+    got = K.softmax_rel_pos_(attn.copy(), rh, rw)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+
+
+@SETTINGS
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 9), st.integers(1, 20), seeds,
+       st.sampled_from([1e-3, 1.0, 10.0]))
+def test_attention_rel_pos(N, kh, kw, hd, seed, scale):
+    # Logits of O(1000) (scale 1e3) are ill-conditioned in float32 itself: one ulp of a logit
+    # (6e-5) moves a probability by 6e-5 relative, whatever the summation order. Real
+    # attention logits are O(10), so the test stops there.
+    rng = np.random.default_rng(seed)
+    T = kh * kw
+    q, k, v = (_arr(rng, [N, T, hd], s) for s in (scale / np.sqrt(hd), 1.0, 1.0))
+    rh, rw = _arr(rng, [N, T, kh]), _arr(rng, [N, T, kw])
+    ref = K.attention_rel_pos_numpy(q, k, v, rh, rw)
+    got = K.attention_rel_pos(q, k, v, rh, rw)
+    # outputs are convex combinations of v rows: absolute error relative to max|v|
+    _close(got, ref, 2e-6 * np.abs(v).max())
+
+
+def test_exp_polynomial_accuracy():
+    x = np.concatenate([np.linspace(-87, 88, 200001), np.linspace(-1, 1, 10001)]).astype(np.float32)
+    got = np.empty_like(x)[None]
+    K._exp_kernel(x[None], got)
+    ref = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got[0] - ref) / ref) < 2e-7
+
+
+def test_erf_rational_accuracy():
+    x = np.concatenate([np.linspace(-6, 6, 100001), [0.0, -0.0, 1e-30, 50.0, -50.0]]).astype(np.float32)
+    got = np.empty_like(x)[None]
+    K._erf_kernel(x[None], got)
+    ref = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert np.max(np.abs(got[0] - ref)) < 5e-7
+    assert got[0, -2] == 1.0 and got[0, -1] == -1.0

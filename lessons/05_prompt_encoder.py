@@ -1,138 +1,177 @@
 """Lesson 05: the prompt encoder: where things are, and what they are.
 
-SAM's decoder reads prompts as tokens of C = 256 numbers (Kirillov et al. 2023, section 3,
-"Prompt encoder"; official ``modeling/prompt_encoder.py``; minisam ``minisam/prompt_encoder.py``).
+SAM's decoder reads prompts as tokens of C numbers, C = prompt_embed_dim (256 for vit_b, 96
+for the micro model) (Kirillov et al. 2023, section 3, "Prompt encoder"; official
+``modeling/prompt_encoder.py``; minisam ``minisam/prompt_encoder.py``).
 
 - WHERE: a location (x, y) becomes a random-Fourier feature (Tancik et al. 2020): map it to
-  [-1, 1]^2, project it on 128 random directions (a fixed 2 x 128 Gaussian matrix stored in
-  the checkpoint), and take sin and cos of 2 pi times each projection: 256 numbers whose
-  dot product with another location's features falls off with distance. Plain (x, y)
-  numbers would give the network only two inputs; these give it many frequencies at once.
+  [-1, 1]^2, project it on C/2 random directions (a fixed 2 x C/2 Gaussian matrix stored in
+  the checkpoint, never trained), and take sin and cos of 2 pi times each projection: C
+  numbers whose dot product with another location's features falls off with distance. Plain
+  (x, y) numbers would give the network only two inputs; these give it many frequencies.
 - WHAT: a learned vector is added: foreground point, background point, box top-left or
   box bottom-right corner. A padding "not a point" token (zeroed PE + its own vector) is
   appended when there is no box, as in training.
-- The same PE evaluated at the centre of each of the 64 x 64 embedding cells is the *dense*
-  PE that the decoder adds to the image embedding, so prompts and pixels speak the same
-  positional language.
-- Mask prompts (low-res logits of a previous prediction, 256 x 256) go through two strided
-  2x2 convs (LayerNorm2d + GELU) and a 1x1 conv down to 256 x 64 x 64, added to the image
+- The same PE evaluated at the centre of each of the G x G embedding cells (64 x 64 for
+  vit_b, 16 x 16 for micro) is the *dense* PE that the decoder adds to the image embedding,
+  so prompts and pixels speak the same positional language.
+- Mask prompts (low-res logits of a previous prediction, 4G x 4G) go through two strided
+  2x2 convs (LayerNorm2d + GELU) and a 1x1 conv down to C x G x G, added to the image
   embedding. Without a mask a learned "no mask" vector is added everywhere.
 
-This lesson uses vit_b's prompt encoder shapes with random weights (the Gaussian matrix is
-N(0, 1), exactly as the official init draws it, so the PE figures are the real thing).
+Everything below runs on the default model (``--model micro``; ``--model vit_b`` or
+``--checkpoint PATH`` for the official weights), on a synthetic scene of shapes.
 
-Run:  MPLBACKEND=Agg python lessons/05_prompt_encoder.py --out out/05
+Run:  python lessons/05_prompt_encoder.py --out out/05
 """
 
-import argparse
-import os
-import sys
+import numpy as np
 
-import matplotlib
-matplotlib.use("Agg")
+import _lesson
+
+args = _lesson.parse_args("05", __doc__.splitlines()[0])
+
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from minisam.config import VIT_B, expected_shapes  # noqa: E402
-from minisam.params import nest  # noqa: E402
+from minisam import SamPredictor  # noqa: E402
+from minisam.data import interior_point, make_scene  # noqa: E402
 from minisam.prompt_encoder import dense_pe, pe_with_coords, prompt_encoder  # noqa: E402
+from minisam.training import mask_box  # noqa: E402
+from minisam.viz import show_box, show_mask, show_points  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--out", default="out/05")
-args = ap.parse_args()
-os.makedirs(args.out, exist_ok=True)
-
-
-def random_prompt_decoder_params(cfg, seed=0):
-    """Random prompt-encoder and mask-decoder weights at sensible scales (no image encoder)."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for k, shape in expected_shapes(cfg).items():
-        if k.startswith("image_encoder."):
-            continue
-        leaf = k.rsplit(".", 1)[1]
-        if "norm" in k or any(s in k for s in ("downscaling.1.", "downscaling.4.", "upscaling.1.")):
-            v = (1.0 if leaf == "weight" else 0.0) + 0.1 * rng.standard_normal(shape)
-        elif leaf == "positional_encoding_gaussian_matrix" or "embed" in k.split(".")[1] \
-                or k.startswith(("mask_decoder.iou_token", "mask_decoder.mask_tokens")):
-            v = rng.standard_normal(shape)
-        elif leaf == "bias":
-            v = 0.02 * rng.standard_normal(shape)
-        else:
-            fan_in = shape[0] if "upscaling" in k else int(np.prod(shape[1:]))
-            v = rng.standard_normal(shape) / np.sqrt(fan_in)
-        flat[k] = v.astype(np.float32)
-    return nest(flat)
-
-
-cfg = VIT_B
-p = random_prompt_decoder_params(cfg)["prompt_encoder"]
-C, G, S = cfg.prompt_embed_dim, cfg.image_embedding_size, cfg.img_size
-gauss = p["pe_layer"]["positional_encoding_gaussian_matrix"]
+sam = _lesson.load_model(args)
+cfg = sam.config
+p = sam.params["prompt_encoder"]
+C, G, S, M = cfg.prompt_embed_dim, cfg.image_embedding_size, cfg.img_size, cfg.mask_input_size
+gauss = p["pe_layer"]["positional_encoding_gaussian_matrix"]        # [2, C/2]
+print(f"C = {C} channels per token, G x G = {G} x {G} embedding grid, input {S} x {S}, "
+      f"mask prompts {M} x {M}")
 print(f"Gaussian matrix: {gauss.shape} (2 coordinates x {C // 2} random directions)")
 
-# --- 1. The dense PE: one C-vector per cell of the G x G embedding grid.
-pe = dense_pe(p, cfg)  # [C, G, G]
+# --- 1. The dense PE: one C-vector per cell of the G x G embedding grid -------------------
+# Each sin/cos pair is a plane wave across the image; the length of its Gaussian direction
+# |g| is its spatial frequency. Low frequencies tell coarse position, high ones fine position.
+pe = dense_pe(p, cfg)                                             # [C, G, G]
 print(f"dense PE: {pe.shape}  (channels 0..{C // 2 - 1} = sin, {C // 2}..{C - 1} = cos)")
-freq = np.linalg.norm(gauss, axis=0)  # [C/2], spatial frequency of each sin/cos pair
+print(f"sam.get_dense_pe(): {sam.get_dense_pe().shape}, same numbers with a batch axis")
+freq = np.linalg.norm(gauss, axis=0)                              # [C/2] frequency of each pair
 order = np.argsort(freq)
 picks = [order[0], order[len(order) // 3], order[2 * len(order) // 3], order[-1]]
-fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
+# The decoder sees the PE only at the G x G cell centres (top two rows); it is a continuous
+# function of position, so evaluating it at every input pixel (bottom row) shows the wave.
+yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)                   # [S, S] each
+pixels = np.stack([xx, yy], axis=-1).reshape(1, S * S, 2)         # [1, S*S, 2] (x, y)
+pe_pixels = pe_with_coords(p, cfg, pixels + 0.5)[0].reshape(S, S, C)   # [S*S, C] -> [S, S, C]
+print(f"the same PE at every input pixel: {pe_pixels.shape}")
+fig, axes = plt.subplots(3, 4, figsize=(12, 9.4))
 for j, c in enumerate(picks):
     for i, (off, name) in enumerate([(0, "sin"), (C // 2, "cos")]):
         ax = axes[i, j]
         ax.imshow(pe[c + off], cmap="RdBu", vmin=-1, vmax=1)
         ax.set_title(f"{name} ch {c + off}, |g| = {freq[c]:.2f}")
         ax.axis("off")
-fig.suptitle("Dense positional encoding: low to high random frequencies (vit_b sizes, 64 x 64 grid)")
+    axes[2, j].imshow(pe_pixels[..., c], cmap="RdBu", vmin=-1, vmax=1)
+    axes[2, j].set_title(f"sin ch {c} at every pixel")
+    axes[2, j].axis("off")
+fig.suptitle(f"Dense positional encoding on the {G} x {G} grid (rows 1-2), and between the cells (row 3)")
 fig.tight_layout()
-fig.savefig(os.path.join(args.out, "05_dense_pe_channels.png"), dpi=90)
+_lesson.save(fig, args, "05_dense_pe_channels.png")
 plt.close(fig)
 
-# --- 2. Why random Fourier features: similarity falls off with distance.
-flat_pe = pe.reshape(C, G * G)  # [C, N]
-unit = flat_pe / np.linalg.norm(flat_pe, axis=0, keepdims=True)  # [C, N], unit vectors
-refs = [(8, 8), (32, 32), (50, 20)]  # (row, col) cells
+# --- 2. Why random Fourier features: similarity falls off with distance -------------------
+# Cosine similarity between the PE of one cell and every other cell: a bump centred on the
+# cell, the same shape wherever the cell is (the kernel depends on the offset only).
+flat_pe = pe.reshape(C, G * G)                                    # [C, N], N = G*G cells
+unit = flat_pe / np.linalg.norm(flat_pe, axis=0, keepdims=True)   # [C, N] unit vectors
+refs = [(G // 8, G // 8), (G // 2, G // 2), ((3 * G) // 4, G // 3)]   # (row, col) cells
 fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
 for ax, (r, c) in zip(axes, refs):
-    sim = (unit[:, r * G + c] @ unit).reshape(G, G)  # [G, G], cosine similarity to cell (r, c)
+    sim = (unit[:, r * G + c] @ unit).reshape(G, G)              # [N] -> [G, G] similarity to (r, c)
     im = ax.imshow(sim, cmap="magma", vmin=-0.3, vmax=1)
     ax.plot(c, r, "c+", ms=14, mew=2)
-    ax.set_title(f"similarity to (y={r}, x={c})")
+    ax.set_title(f"similarity to cell (y={r}, x={c})")
     ax.axis("off")
 fig.colorbar(im, ax=axes[:3], shrink=0.8)
-dist = np.hypot(*np.meshgrid(np.arange(G) - 32, np.arange(G) - 32, indexing="ij")).ravel()  # [N]
-sim = unit[:, 32 * G + 32] @ unit  # [N]
-bins = np.arange(0, 46, 2)
-means = [sim[(dist >= a) & (dist < a + 2)].mean() for a in bins]
-axes[3].plot(bins + 1, means, "o-")
-axes[3].set_xlabel("distance from the centre cell (cells)")
+# The same curve at pixel resolution: PE of the image centre against every pixel's PE.
+centre = pe_pixels[S // 2, S // 2] / np.linalg.norm(pe_pixels[S // 2, S // 2])      # [C]
+sim_px = (pe_pixels @ centre) / np.linalg.norm(pe_pixels, axis=-1)                    # [S, S]
+dist_px = np.hypot(yy + 0.5 - (S // 2 + 0.5), xx + 0.5 - (S // 2 + 0.5))             # [S, S] pixels
+edges = np.linspace(0, S / 2, 33)
+means = [sim_px[(dist_px >= a) & (dist_px < b)].mean() for a, b in zip(edges[:-1], edges[1:])]
+axes[3].plot((edges[:-1] + edges[1:]) / 2, means, "o-", ms=3)
+axes[3].axvline(S / G, color="grey", ls=":", label=f"one cell = {S // G} px")
+axes[3].set_xlabel("distance from the image centre (pixels)")
 axes[3].set_ylabel("mean cosine similarity")
 axes[3].set_title("a kernel peaked at the position")
+axes[3].legend()
 axes[3].grid(alpha=0.3)
-fig.savefig(os.path.join(args.out, "05_pe_similarity.png"), dpi=90, bbox_inches="tight")
+_lesson.save(fig, args, "05_pe_similarity.png")
 plt.close(fig)
+print(f"PE similarity at 0, 1 cell, 4 cells from the centre: {means[0]:.2f}, "
+      f"{np.interp(S / G, edges[:-1], means):.2f}, {np.interp(4 * S / G, edges[:-1], means):.2f}")
 
-# --- 3. Sparse tokens: points and a box.
-pts = np.array([[[400.0, 300.0], [700.0, 650.0]]], np.float32)  # [B=1, N=2, 2] in the 1024 frame
-labels = np.array([[1, 0]])  # foreground, background
-sparse, dense = prompt_encoder(p, cfg, (pts, labels))
+# --- 3. Sparse tokens: points and a box on a real scene -----------------------------------
+# The predictor maps points from the original image to the model's input frame
+# (ResizeLongestSide); the scene here is already S x S, so that map is the identity.
+scene = make_scene(np.random.default_rng(3), S)
+target = scene.masks[scene.objects[0]]                            # [S, S] bool, one object
+background = ~np.logical_or.reduce(scene.masks)                   # [S, S] no shape at all
+pts = np.stack([interior_point(target), interior_point(background)]).astype(np.float32)   # [2, 2] (x, y)
+labels = np.array([[1, 0]])                                       # [B=1, N=2] foreground, background
+box = mask_box(target).astype(np.float32)                         # [4] x0, y0, x1, y1
+print(f"scene {scene.image.shape}: object '{scene.kinds[scene.objects[0]]}', "
+      f"points {pts.tolist()}, box {box.tolist()}")
+sparse, dense = prompt_encoder(p, cfg, (pts[None], labels))       # [1, 3, C], [1, C, G, G]
 print(f"2 points, no box: sparse {sparse.shape} (2 points + 1 padding token), dense {dense.shape}")
-box = np.array([[100.0, 120.0, 800.0, 900.0]], np.float32)
-sparse_b, _ = prompt_encoder(p, cfg, (pts, labels), box)
+sparse_b, _ = prompt_encoder(p, cfg, (pts[None], labels), box[None])   # [1, 4, C]
 print(f"2 points + box:   sparse {sparse_b.shape} (2 points + 2 corners, no padding)")
-bare = pe_with_coords(p, cfg, pts + 0.5)[0]  # [2, C], the PE of the pixel centres
+sparse_box, _ = prompt_encoder(p, cfg, boxes=box[None])           # [1, 2, C]
+print(f"box alone:        sparse {sparse_box.shape} (top-left and bottom-right corner tokens)")
+bare = pe_with_coords(p, cfg, pts[None] + 0.5)[0]                 # [2, C] PE of the pixel centres
 print("point token = PE + label vector:",
       np.allclose(sparse[0, 0] - bare[0], p["point_embeddings"][1]["weight"][0], atol=1e-5),
       "| background:", np.allclose(sparse[0, 1] - bare[1], p["point_embeddings"][0]["weight"][0], atol=1e-5),
       "| padding = not_a_point_embed:", np.array_equal(sparse[0, 2], p["not_a_point_embed"]["weight"][0]))
+corner_pe = pe_with_coords(p, cfg, box.reshape(1, 2, 2) + 0.5)[0]     # [2, C]
+print("box corners = PE + corner vectors 2 and 3:",
+      np.allclose(sparse_box[0] - corner_pe,
+                  np.stack([p["point_embeddings"][2]["weight"][0], p["point_embeddings"][3]["weight"][0]]),
+                  atol=1e-5))
 
-# --- 4. A mask prompt: 256 x 256 logits -> 256 x 64 x 64.
-yy, xx = np.mgrid[0:4 * G, 0:4 * G]
-mask_logits = (20.0 - np.hypot(yy - 100, xx - 140) / 2).astype(np.float32)[None, None]  # [1, 1, 256, 256]
+# --- 4. A mask prompt: the previous prediction's low-res logits -> C x G x G ---------------
+# In use (and in training, lesson 10) the mask prompt is the low-res logits the decoder
+# returned for the previous click: M x M = 4G x 4G, brought down 4x to the embedding grid.
+predictor = SamPredictor(sam)
+predictor.set_image(scene.image)
+print(f"image embedding: {predictor.get_image_embedding().shape}")
+masks, scores, low_res = predictor.predict(point_coords=pts[:1], point_labels=np.array([1]))
+best = int(np.argmax(scores))
+mask_logits = low_res[best][None, None]                           # [M, M] -> [1, 1, M, M]
+print(f"previous prediction: masks {masks.shape}, scores {np.round(scores, 3)}, low-res logits {low_res.shape}")
 trace = {}
-_, dense_m = prompt_encoder(p, cfg, masks=mask_logits, trace=trace)
-for i in range(7):
-    print(f"  mask_downscaling.{i}: {trace[f'prompt_encoder.mask_downscaling.{i}'].shape}")
-print(f"mask prompt -> dense {dense_m.shape}")
+_, dense_m = prompt_encoder(p, cfg, masks=mask_logits, trace=trace)   # [1, C, G, G]
+steps = ["Conv 2x2/2", "LayerNorm2d", "GELU", "Conv 2x2/2", "LayerNorm2d", "GELU", "Conv 1x1"]
+print(f"mask prompt {mask_logits.shape}:")
+for i, name in enumerate(steps):
+    print(f"  mask_downscaling.{i} {name:<12} -> {trace[f'prompt_encoder.mask_downscaling.{i}'].shape}")
+print(f"mask prompt -> dense {dense_m.shape} (without a mask: no_mask_embed {p['no_mask_embed']['weight'].shape} "
+      f"broadcast to {dense.shape})")
+
+fig, axes = plt.subplots(1, 5, figsize=(19, 4))
+axes[0].imshow(scene.image)
+show_mask(target, axes[0])
+show_points(pts, labels[0], axes[0])
+show_box(box, axes[0])
+axes[0].set_title("prompts: + point, - point, box\n(blue: the object)")
+axes[1].imshow(mask_logits[0, 0], cmap="RdBu_r", vmin=-np.abs(mask_logits).max(), vmax=np.abs(mask_logits).max())
+axes[1].set_title(f"mask prompt: low-res logits {M} x {M}\n(best of the previous 3, score {scores[best]:.2f})")
+energy = np.linalg.norm(dense_m[0] - p["no_mask_embed"]["weight"].reshape(C, 1, 1), axis=0)   # [G, G]
+for ax, c in zip(axes[2:4], np.argsort(dense_m[0].std(axis=(1, 2)))[::-1][:2]):
+    ax.imshow(dense_m[0, c], cmap="viridis")
+    ax.set_title(f"dense embedding ch {c}, {G} x {G}\n(the most varying channels)")
+axes[4].imshow(energy, cmap="magma")
+axes[4].set_title("|dense - no_mask_embed| per cell:\nwhere the mask prompt says something")
+for ax in axes:
+    ax.axis("off")
+_lesson.save(fig, args, "05_mask_prompt.png")
+plt.close(fig)

@@ -12,129 +12,164 @@ SAM's answer (Kirillov et al. 2023, section 3 "Resolving ambiguity"; official
 - ``multimask_output=True`` returns tokens 1..3 (``masks[:, 1:]``): use it for a single
   point, pick the highest score. With several points (or a box) the prompt is not ambiguous
   and ``multimask_output=False`` returns token 0 (``masks[:, 0:1]``).
-- the low-res logits (256 x 256) are upsampled to 1024, the padding is cropped, and the
-  result is resized to the original image (both bilinear, align_corners=False); > 0 is the
-  mask.
+- the low-res logits (4G x 4G) are upsampled to the model input size, the padding is
+  cropped, and the result is resized to the original image (both bilinear,
+  align_corners=False); > 0 is the mask.
 
-Weights are random (vit_b shapes) so the masks are blobs, not objects; the mechanics (which
-token is returned, how scores are read) are exactly those of the trained model.
+The synthetic scenes have ground truth at three levels (part, object, group), so a click on
+an inlaid part is ambiguous in exactly SAM's sense, and we can measure how good the IoU
+scores are. Default model: ``micro`` (``--model vit_b`` for the official weights).
 
-Run:  MPLBACKEND=Agg python lessons/08_ambiguity_and_iou.py --out out/08
+Run:  python lessons/08_ambiguity_and_iou.py --out out/08
 """
 
-import argparse
-import os
-import sys
+import numpy as np
 
-import matplotlib
-matplotlib.use("Agg")
+import _lesson
+
+args = _lesson.parse_args("08", __doc__.splitlines()[0])
+
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from minisam.config import VIT_B, expected_shapes  # noqa: E402
-from minisam.params import nest  # noqa: E402
-from minisam.predictor import SamPredictor  # noqa: E402
-from minisam.sam import Sam  # noqa: E402
+from minisam import SamPredictor  # noqa: E402
+from minisam.data import interior_point, make_scene  # noqa: E402
+from minisam.viz import show_mask, show_points  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--out", default="out/08")
-args = ap.parse_args()
-os.makedirs(args.out, exist_ok=True)
+sam = _lesson.load_model(args)
+cfg = sam.config
+S, M = cfg.img_size, cfg.mask_input_size
 
 
-def random_prompt_decoder_params(cfg, seed=0):
-    """Random prompt-encoder and mask-decoder weights at sensible scales (no image encoder)."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for k, shape in expected_shapes(cfg).items():
-        if k.startswith("image_encoder."):
-            continue
-        leaf = k.rsplit(".", 1)[1]
-        if "norm" in k or any(s in k for s in ("downscaling.1.", "downscaling.4.", "upscaling.1.")):
-            v = (1.0 if leaf == "weight" else 0.0) + 0.1 * rng.standard_normal(shape)
-        elif leaf == "positional_encoding_gaussian_matrix" or "embed" in k.split(".")[1] \
-                or k.startswith(("mask_decoder.iou_token", "mask_decoder.mask_tokens")):
-            v = rng.standard_normal(shape)
-        elif leaf == "bias":
-            v = 0.02 * rng.standard_normal(shape)
-        else:
-            fan_in = shape[0] if "upscaling" in k else int(np.prod(shape[1:]))
-            v = rng.standard_normal(shape) / np.sqrt(fan_in)
-        flat[k] = v.astype(np.float32)
-    return nest(flat)
+def iou(a, b):
+    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-def synthetic_embedding(cfg, seed=0, disc=(20, 40, 9)):
-    """[1, C, G, G]: a smooth random field (low-pass noise) plus one vector inside a disc."""
-    rng = np.random.default_rng(seed)
-    C, G = cfg.prompt_embed_dim, cfg.image_embedding_size
-    noise = rng.standard_normal((C, G, G))
-    k = np.exp(-0.5 * (np.arange(-6, 7) / 2.5) ** 2)
-    k /= k.sum()
-    for axis in (1, 2):  # separable Gaussian blur: smooth over ~3 cells
-        noise = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), axis, noise)
-    noise /= noise.std()
-    yy, xx = np.mgrid[0:G, 0:G]
-    inside = np.hypot(yy - disc[0], xx - disc[1]) < disc[2]  # [G, G]
-    noise[:, inside] += 2.0 * rng.standard_normal((C, 1))
-    return noise[None].astype(np.float32), inside
+def crop_scene(scene, focus, height, zoom=2):
+    """The scene cut to ``height`` rows around ``focus`` [S, S] and enlarged ``zoom`` times:
+    a landscape original image larger than the model input, so that the predictor has to
+    resize, pad, and crop and resize back. -> (image [zoom*h, zoom*S, 3], masks, levels,
+    kept indexes into scene.masks)."""
+    rows = np.flatnonzero(focus.any(axis=1))
+    top = int(np.clip((rows[0] + rows[-1]) // 2 - height // 2, 0, scene.image.shape[0] - height))
+    keep = [i for i, m in enumerate(scene.masks) if m[top:top + height].sum() >= 20]
+
+    def enlarge(a):                                               # [h, w, ...] -> [zoom*h, zoom*w, ...]
+        return np.repeat(np.repeat(a[top:top + height], zoom, axis=0), zoom, axis=1)
+    return enlarge(scene.image), [enlarge(scene.masks[i]) for i in keep], [scene.levels[i] for i in keep], keep
 
 
-cfg = VIT_B
-sam = Sam(cfg, random_prompt_decoder_params(cfg, seed=1))
-emb, inside = synthetic_embedding(cfg)
-H, W = 600, 800  # the "original image": resized to 768 x 1024 for the model, then padded
-h_in, w_in = 768, 1024
-yy, xx = np.mgrid[0:H, 0:W]
-image = np.stack([120 + 60 * np.sin(xx / 70), 110 + 50 * np.cos(yy / 50), 150 + 0 * xx], -1).astype(np.uint8)
+# --- 1. An ambiguous click: on a part inside an object -------------------------------------
+scene = make_scene(np.random.default_rng(21), S)
+# (A scene without parts, as at small input sizes, falls back to its largest object.)
+part = next((i for i, l in enumerate(scene.levels) if l == "part"),
+            max(scene.objects, key=lambda i: scene.masks[i].sum()))
+image, gts, levels, kept = crop_scene(scene, scene.masks[part], (3 * S) // 4)
+H, W = image.shape[:2]
+part_mask = gts[kept.index(part)]                                 # [H, W] bool
+point = interior_point(part_mask)[None]                           # [1, 2] (x, y)
+valid = [k for k, m in enumerate(gts) if m[int(point[0, 1]), int(point[0, 0])]]
+print(f"original image {image.shape} (cut from a {S} x {S} scene, enlarged 2x); the click {point[0].tolist()} lies in "
+      f"{len(valid)} true masks: {[levels[k] for k in valid]} of {[int(gts[k].sum()) for k in valid]} pixels")
 
-# The predictor normally gets the embedding from set_image (the encoder); here we hand it one.
 predictor = SamPredictor(sam)
-predictor.features, predictor.original_size, predictor.input_size = emb, (H, W), (h_in, w_in)
-predictor.is_image_set = True
-
-point = np.array([[500.0, 240.0]])
+predictor.set_image(image)
+print(f"set_image: original_size {predictor.original_size} -> input_size {predictor.input_size} "
+      f"(long side {S}), padded to {S} x {S}; embedding {predictor.get_image_embedding().shape}")
 masks, scores, low_res = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
 print(f"one point, multimask: masks {masks.shape} {masks.dtype}, scores {np.round(scores, 3)}, low-res {low_res.shape}")
 single, s_single, _ = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=False)
 print(f"one point, single mask (token 0): {single.shape}, score {np.round(s_single, 3)}")
 trace = {}
 predictor.predict(point_coords=point, point_labels=np.array([1]), trace=trace)
-all_iou = trace["mask_decoder.iou_prediction_head"]  # [1, 4], before the [1:] selection
+all_iou = trace["mask_decoder.iou_prediction_head"]               # [1, 4] before the [1:] selection
 print(f"IoU head, all 4 tokens: {np.round(all_iou, 3)} -> multimask keeps [1:], single keeps [0:1]")
+print(f"postprocess: low-res {trace['mask_decoder'][0].shape} -> {S} x {S} -> crop to {predictor.input_size} "
+      f"-> original {(H, W)}")
 
 
-def show(ax, mask, title, pts=None, labels=None):
-    ax.imshow(image)
-    ax.imshow(np.where(mask[..., None], np.array([[[30, 144, 255, 150]]], np.uint8), 0))
-    if pts is not None:
-        for (x, y), lab in zip(pts, labels):
-            ax.scatter([x], [y], color="green" if lab else "red", marker="*", s=300, edgecolor="white")
-    ax.set_title(title)
-    ax.axis("off")
+def match(mask):
+    """The true mask (among those under the click) this mask is closest to, and the IoU."""
+    k = max(valid, key=lambda k: iou(mask, gts[k]))
+    return levels[k], iou(mask, gts[k])
 
 
-fig, axes = plt.subplots(1, 4, figsize=(18, 3.9))
+fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))
+axes[0].imshow(image)
+for k in valid:
+    axes[0].contour(gts[k], levels=[0.5], colors=[{"part": "y", "object": "w", "group": "m"}[levels[k]]])
+show_points(point, np.array([1]), axes[0])
+axes[0].set_title("the click; true masks under it:\nyellow part, white object, magenta group")
 best = int(np.argmax(scores))
 for k in range(3):
-    show(axes[k], masks[k], f"token {k + 1}: score {scores[k]:.3f}" + ("  (best)" if k == best else ""),
-         point, [1])
-show(axes[3], single[0], f"token 0 (single): score {s_single[0]:.3f}", point, [1])
-fig.suptitle("One point: the three ambiguity-aware masks and the single-mask token (random weights)")
+    level, q = match(masks[k])
+    axes[k + 1].imshow(image)
+    show_mask(masks[k], axes[k + 1])
+    show_points(point, np.array([1]), axes[k + 1])
+    axes[k + 1].set_title(f"token {k + 1}: score {scores[k]:.3f}" + ("  (best)" if k == best else "")
+                          + f"\nclosest truth: {level}, IoU {q:.2f}")
+level, q = match(single[0])
+axes[4].imshow(image)
+show_mask(single[0], axes[4])
+show_points(point, np.array([1]), axes[4])
+axes[4].set_title(f"token 0 (single): score {s_single[0]:.3f}\nclosest truth: {level}, IoU {q:.2f}")
+for ax in axes:
+    ax.axis("off")
+fig.suptitle("One point: the three ambiguity-aware masks and the single-mask token")
 fig.tight_layout()
-fig.savefig(os.path.join(args.out, "08_three_masks.png"), dpi=80)
+_lesson.save(fig, args, "08_three_masks.png")
 plt.close(fig)
 
-# Several points: not ambiguous, use the single-mask token; feed back the best low-res logits.
-pts = np.array([[500.0, 240.0], [300.0, 400.0], [650.0, 100.0]])
+# --- 2. Several points: not ambiguous, use the single-mask token ---------------------------
+# Two clicks on the object (one on the part, one off it) and one on the background; then the
+# same prompt again with the previous low-res logits as mask_input (as in lesson 10's rounds).
+obj = max((k for k in valid if levels[k] == "object"), key=lambda k: gts[k].sum(), default=valid[-1])
+off_part = interior_point(gts[obj] & ~part_mask if (gts[obj] & ~part_mask).any() else gts[obj])   # [2] off the part
+bg = interior_point(~np.logical_or.reduce(gts))                   # [2] on no shape at all
+pts = np.stack([point[0], off_part, bg])                          # [3, 2]
 labs = np.array([1, 1, 0])
 m1, s1, low1 = predictor.predict(point_coords=pts, point_labels=labs, multimask_output=False)
 m2, s2, _ = predictor.predict(point_coords=pts, point_labels=labs, mask_input=low1, multimask_output=False)
-print(f"3 points, single mask: score {s1[0]:.3f}; again with its own low-res logits as mask_input: {s2[0]:.3f}")
+print(f"3 points, single mask: score {s1[0]:.3f}, IoU with the object {iou(m1[0], gts[obj]):.3f}; again with "
+      f"its own low-res logits {low1.shape} as mask_input: {s2[0]:.3f}, IoU {iou(m2[0], gts[obj]):.3f}")
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-show(axes[0], m1[0], f"3 points, token 0: score {s1[0]:.3f}", pts, labs)
-show(axes[1], m2[0], f"+ previous logits as mask_input: {s2[0]:.3f}", pts, labs)
+for ax, m, s, title in [(axes[0], m1, s1, "3 points, token 0"), (axes[1], m2, s2, "+ previous logits as mask_input")]:
+    ax.imshow(image)
+    show_mask(m[0], ax)
+    ax.contour(gts[obj], levels=[0.5], colors="w", linewidths=0.8)
+    show_points(pts, labs, ax)
+    ax.set_title(f"{title}: score {s[0]:.3f}\nIoU with the object (white) {iou(m[0], gts[obj]):.2f}")
+    ax.axis("off")
 fig.tight_layout()
-fig.savefig(os.path.join(args.out, "08_single_mask_multi_point.png"), dpi=80)
+_lesson.save(fig, args, "08_single_mask_multi_point.png")
+plt.close(fig)
+
+# --- 3. How good is the IoU head? Predicted score against the real IoU ---------------------
+# One click at the most interior pixel of every true mask in three scenes; each of the three
+# masks is scored against the closest true mask under the click. A useful head puts the
+# points near the diagonal; the best-scored mask should usually be the best mask.
+predicted, actual, picked_best = [], [], []
+for seed in (21, 22, 23):
+    sc = make_scene(np.random.default_rng(seed), S)
+    predictor.set_image(sc.image)
+    for m in sc.masks:
+        p = interior_point(m)
+        under = [t for t in sc.masks if t[int(p[1]), int(p[0])]]
+        ms, sc_scores, _ = predictor.predict(point_coords=p[None], point_labels=np.array([1]))
+        real = [max(iou(mk, t) for t in under) for mk in ms]
+        predicted += sc_scores.tolist()
+        actual += real
+        picked_best.append(real[int(np.argmax(sc_scores))] >= max(real) - 1e-9)
+predicted, actual = np.array(predicted), np.array(actual)
+corr = np.corrcoef(predicted, actual)[0, 1] if predicted.std() > 0 and actual.std() > 0 else float("nan")
+print(f"IoU head over {len(picked_best)} clicks ({len(predicted)} masks): correlation {corr:.2f}, "
+      f"mean |score - IoU| {np.abs(predicted - actual).mean():.3f}; the top score picked the best mask "
+      f"in {np.mean(picked_best):.0%} of clicks")
+fig, ax = plt.subplots(figsize=(5, 5))
+ax.scatter(actual, predicted, s=14, alpha=0.7)
+ax.plot([0, 1], [0, 1], "k:", lw=1)
+ax.set_xlabel("real IoU with the closest true mask under the click")
+ax.set_ylabel("IoU head score")
+ax.set_title(f"IoU head: correlation {corr:.2f}, top score = best mask {np.mean(picked_best):.0%}")
+ax.grid(alpha=0.3)
+_lesson.save(fig, args, "08_iou_calibration.png")
 plt.close(fig)

@@ -21,144 +21,124 @@ re-run everything on zoomed-in overlapping crops (small objects get more points)
 second NMS that prefers masks from smaller crops. Finally, holes and islands smaller than
 ``min_mask_region_area`` are cleaned.
 
-This lesson walks those steps by hand on one batch of points, counting what each filter
-removes, then runs the real generator (with crops) and draws the result. It runs on the
-``micro`` model when its weights are present, else on a randomized small model built
-in-process (whose masks are blobs, not objects: the steps are the same, the thresholds are
-lowered so that something survives).
+This lesson walks those steps by hand, batch by batch of points as the generator does,
+counting what each filter removes, then runs the real generator (with crops) on the same
+synthetic scene, with the official thresholds, and scores its masks against the scene's
+true objects. Default model: ``micro`` (``--model vit_b`` / ``--checkpoint PATH`` work too).
 
-Run:  MPLBACKEND=Agg python lessons/11_automatic_masks.py --out out/11
+Run:  python lessons/11_automatic_masks.py --out out/11
 """
 
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _lesson  # noqa: E402  (sets MPLBACKEND=Agg and the import path)
+import numpy as np
 
-import matplotlib  # noqa: E402
-matplotlib.use("Agg")
+import _lesson
+
+args = _lesson.parse_args("11", __doc__.splitlines()[0])
+
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
+from minisam import SamPredictor  # noqa: E402
 from minisam import amg  # noqa: E402
 from minisam.automatic_mask_generator import SamAutomaticMaskGenerator  # noqa: E402
-from minisam.config import expected_shapes, make_config  # noqa: E402
-from minisam.errors import MinisamError  # noqa: E402
-from minisam.params import nest  # noqa: E402
-from minisam.predictor import SamPredictor  # noqa: E402
-from minisam.sam import Sam  # noqa: E402
+from minisam.data import make_scene  # noqa: E402
+from minisam.viz import show_anns  # noqa: E402
 
-args = _lesson.parse_args("11", "Lesson 11: the automatic mask generator")
-
-
-def random_sam(seed=0):
-    """A small SAM with random weights at sensible scales (no torch needed)."""
-    cfg = make_config(encoder_embed_dim=48, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
-                      img_size=256, patch_size=16, window_size=8, prompt_embed_dim=32, mask_in_chans=8,
-                      decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32)
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for k, shape in expected_shapes(cfg).items():
-        leaf = k.rsplit(".", 1)[1]
-        if "norm" in k or ".neck.1." in k or ".neck.3." in k or "output_upscaling.1." in k:
-            v = (1.0 if leaf == "weight" else 0.0) + 0.1 * rng.standard_normal(shape)
-        elif leaf == "bias":
-            v = 0.02 * rng.standard_normal(shape)
-        elif len(shape) >= 2 and "embed" not in k and "token" not in k and "gaussian" not in k and "rel_pos" not in k:
-            v = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))  # N(0, 1/fan_in)
-        else:
-            v = rng.standard_normal(shape)  # embeddings, tokens, PE matrix, rel-pos tables
-        flat[k] = v.astype(np.float32)
-    return Sam(cfg, nest(flat))
-
-
-try:
-    sam = _lesson.load_model(args)
-    trained = True
-except MinisamError as exc:
-    print(f"({exc}) -> using a randomized small model instead")
-    sam = random_sam()
-    trained = False
-
-# Thresholds: the official ones for a trained model; a randomized model's logits are ~0.1 in
-# size, so its stability offset must shrink with them and the IoU head means nothing.
-settings = (dict(pred_iou_thresh=0.88, stability_score_thresh=0.95, stability_score_offset=1.0) if trained else
-            dict(pred_iou_thresh=0.0, stability_score_thresh=0.3, stability_score_offset=0.05))
+sam = _lesson.load_model(args)
+S = sam.config.img_size
+settings = dict(pred_iou_thresh=0.88, stability_score_thresh=0.95, stability_score_offset=1.0,
+                box_nms_thresh=0.7)  # the official defaults
 print("settings:", settings)
 
-# A synthetic scene: background, a disc, a square, a small triangle, a bar.
-H, W = 240, 320
-yy, xx = np.mgrid[0:H, 0:W]
-image = np.zeros((H, W, 3), np.uint8)
-image[:] = (40, 60, 90)
-image[(xx - 90) ** 2 + (yy - 120) ** 2 < 55 ** 2] = (230, 180, 40)
-image[40:130, 180:280] = (60, 170, 90)
-image[(yy > 160) & (yy < 220) & (xx - 200 > -(yy - 220)) & (xx - 200 < (yy - 160))] = (200, 60, 60)
-image[200:215, 20:150] = (220, 220, 220)
-print(f"image: {image.shape}")
+scene = make_scene(np.random.default_rng(6), S)
+image = scene.image                                             # [H, W, 3] uint8
+H, W = image.shape[:2]
+print(f"image: {image.shape}, {len(scene.objects)} true objects "
+      f"({', '.join(scene.kinds[i] for i in scene.objects)}), {len(scene.masks)} true masks in all")
 
 # --- 1. The grid ------------------------------------------------------------------------
 # build_point_grid(n): n x n points at the centres of an n x n tiling of [0, 1]^2, scaled
-# to pixels. The official default is 32 x 32 = 1024 points; we use 12 x 12 here.
-n_side = 12
-grid = amg.build_point_grid(n_side)  # [n*n, 2] in [0, 1]
-points = grid * np.array([W, H])  # [n*n, 2] (x, y) pixels
+# to pixels. The official default is 32 x 32 = 1024 points for a 1024 px input, one point
+# per 32 px; the same density here. (Each point costs a decoder pass over the whole image
+# embedding: the point count, not the encoder, sets the generator's running time.)
+n_side = max(4, S // 32)                                        # 8 for micro, 32 for vit_b
+grid = amg.build_point_grid(n_side)                             # [n*n, 2] in [0, 1]
+points = grid * np.array([W, H])                                # [n*n, 2] (x, y) pixels
 print(f"grid: {grid.shape} -> first points {points[:2].tolist()}")
 
-fig, ax = plt.subplots(figsize=(5, 4))
+fig, ax = plt.subplots(figsize=(5, 5))
 ax.imshow(image)
-ax.scatter(points[:, 0], points[:, 1], s=8, c="lime")
+ax.scatter(points[:, 0], points[:, 1], s=6, c="lime")
 ax.set_title(f"{n_side}x{n_side} point prompts")
 ax.axis("off")
 _lesson.save(fig, args, "grid.png")
+plt.close(fig)
 
-# --- 2. One batch by hand: decode, then each filter in turn -----------------------------
+# --- 2. By hand: decode a batch, filter it, keep the survivors; NMS at the end ----------
 t0 = time.perf_counter()
 predictor = SamPredictor(sam)
 predictor.set_image(image)
-in_points = predictor.transform.apply_coords(points, (H, W))  # [P, 2] model-input frame
-sparse, dense = sam.prompt_encoder(points=(in_points[:, None, :], np.ones((len(points), 1), np.int64)))
-low_res, iou_pred = sam.mask_decoder(predictor.features, sam.get_dense_pe(), sparse, dense,
-                                     multimask_output=True)  # [P, 3, M, M], [P, 3]
-logits = sam.postprocess_masks(low_res, predictor.input_size, (H, W))  # [P, 3, H, W]
-logits = logits.reshape(-1, H, W)  # [3P, H, W], each point's 3 masks together
-iou_pred = iou_pred.reshape(-1)  # [3P]
-print(f"decoded {len(points)} points -> {logits.shape[0]} masks of {H}x{W} in {time.perf_counter() - t0:.1f} s")
+print(f"image embedding {predictor.features.shape} in {time.perf_counter() - t0:.1f} s")
+t0 = time.perf_counter()
+per_batch = 64                                                  # points_per_batch
+stages = ["masks from the decoder", f"predicted IoU > {settings['pred_iou_thresh']}",
+          f"stability >= {settings['stability_score_thresh']}", "not at a crop edge"]
+counts = dict.fromkeys(stages, 0)
+kept_masks, kept_iou, kept_boxes, all_iou = [], [], [], []
+for b0 in range(0, len(points), per_batch):
+    batch = points[b0:b0 + per_batch]                                          # [n, 2]
+    coords = predictor.transform.apply_coords(batch, (H, W))[:, None, :]       # [n, 1, 2] input frame
+    sparse, dense = sam.prompt_encoder(points=(coords.astype(np.float32), np.ones((len(batch), 1), np.int64)))
+    low_res, iou_pred = sam.mask_decoder(predictor.features, sam.get_dense_pe(), sparse, dense,
+                                         multimask_output=True)               # [n, 3, M, M], [n, 3]
+    M = low_res.shape[-1]
+    low_res, iou_pred = low_res.reshape(-1, 1, M, M), iou_pred.reshape(-1)    # [3n, 1, M, M], [3n]
+    if b0 == 0:  # the first 16 points' raw masks, for the figure
+        raw = sam.postprocess_masks(low_res[:48], predictor.input_size, (H, W))[:, 0] > 0  # [48, H, W]
+    counts[stages[0]] += len(iou_pred)
+    all_iou.append(iou_pred)
+    alive = np.nonzero(iou_pred > settings["pred_iou_thresh"])[0]             # cheap test first
+    counts[stages[1]] += len(alive)
+    logits = sam.postprocess_masks(low_res[alive], predictor.input_size, (H, W))[:, 0]  # [a, H, W]
+    stability = amg.calculate_stability_score(logits, 0.0, settings["stability_score_offset"])  # [a]
+    stable = stability >= settings["stability_score_thresh"]
+    alive, masks = alive[stable], logits[stable] > 0                          # [a'], [a', H, W]
+    counts[stages[2]] += len(alive)
+    boxes = amg.batched_mask_to_box(masks)                                    # [a', 4] inclusive XYXY
+    near = amg.is_box_near_crop_edge(boxes, [0, 0, W, H], [0, 0, W, H])       # the crop is the image: none
+    counts[stages[3]] += int((~near).sum())
+    kept_masks.append(masks[~near])
+    kept_iou.append(iou_pred[alive[~near]])
+    kept_boxes.append(boxes[~near])
+masks = np.concatenate(kept_masks)                                            # [k, H, W] bool
+scores = np.concatenate(kept_iou)                                             # [k]
+boxes = np.concatenate(kept_boxes)                                            # [k, 4]
+keep = amg.box_nms(boxes, scores, settings["box_nms_thresh"])                 # best predicted IoU first
+counts[f"box NMS at IoU {settings['box_nms_thresh']}"] = len(keep)
+print(f"decoded {len(points)} points in batches of {per_batch} in {time.perf_counter() - t0:.1f} s")
+all_iou = np.concatenate(all_iou)                                             # [3P]
+print("predicted IoU over all masks: min {:.2f}, median {:.2f}, max {:.2f}".format(*np.percentile(all_iou, [0, 50, 100])))
+before = None
+for what, n in counts.items():
+    print(f"  {what:<28} {n:5d} masks" + ("" if before is None else f"  (removed {before - n})"))
+    before = n
+if not len(keep):
+    print(f"  nothing survived: no mask is both confident (predicted IoU > {settings['pred_iou_thresh']}) and "
+          f"stable here; expect this from an untrained model, not from a trained one")
 
-alive = np.arange(len(iou_pred))
-counts = [("masks from the decoder", len(alive))]
-alive = alive[iou_pred[alive] > settings["pred_iou_thresh"]]
-counts.append((f"predicted IoU > {settings['pred_iou_thresh']}", len(alive)))
-stability = amg.calculate_stability_score(logits[alive], 0.0, settings["stability_score_offset"])  # [n]
-alive = alive[stability >= settings["stability_score_thresh"]]
-counts.append((f"stability >= {settings['stability_score_thresh']}", len(alive)))
-masks = logits[alive] > 0  # [n, H, W]
-boxes = amg.batched_mask_to_box(masks)  # [n, 4] inclusive XYXY
-near = amg.is_box_near_crop_edge(boxes, [0, 0, W, H], [0, 0, W, H])  # the whole image is the crop: none
-alive, masks, boxes = alive[~near], masks[~near], boxes[~near]
-counts.append(("not at a crop edge", len(alive)))
-keep = amg.box_nms(boxes, iou_pred[alive], 0.7)  # indexes, best predicted IoU first
-counts.append(("box NMS at IoU 0.7", len(keep)))
-for (what, n), (_, before) in zip(counts, [counts[0]] + counts[:-1]):
-    print(f"  {what:<28} {n:4d} masks  (removed {before - n})")
-
-fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-before = np.zeros((H, W, 3))
-rng = np.random.default_rng(0)
-for m in logits[:48] > 0:  # the first 16 points' raw masks
-    before[m] = 0.6 * before[m] + 0.4 * rng.random(3)
-after = np.zeros((H, W, 3))
-for m in masks[keep]:
-    after[m] = 0.6 * after[m] + 0.4 * rng.random(3)
-axes[0].imshow(before)
-axes[0].set_title("raw masks (first 16 points)")
-axes[1].imshow(after)
-axes[1].set_title(f"after the filters and NMS: {len(keep)}")
-for a in axes:
+colours = np.random.default_rng(0)
+fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+for a, shown, title in [(axes[0], raw, "raw masks of the first 16 points (48)"),
+                        (axes[1], masks[keep], f"after the filters and NMS: {len(keep)}")]:
+    canvas = np.zeros((H, W, 3))
+    for m in shown:
+        canvas[m] = 0.6 * canvas[m] + 0.4 * colours.random(3)
+    a.imshow(canvas)
+    a.set_title(title)
     a.axis("off")
 _lesson.save(fig, args, "filters.png")
+plt.close(fig)
 
 # --- 3. The generator, with one crop layer ----------------------------------------------
 # crop_n_layers=1 adds 2x2 overlapping crops, each re-encoded and prompted with a grid of
@@ -167,7 +147,7 @@ _lesson.save(fig, args, "filters.png")
 crops, layers = amg.generate_crop_boxes((H, W), 1, 512 / 1500)
 print("crop boxes (XYXY):", crops)
 gen = SamAutomaticMaskGenerator(sam, points_per_side=n_side, crop_n_layers=1, crop_n_points_downscale_factor=2,
-                                min_mask_region_area=20, progress=False, **settings)
+                                min_mask_region_area=S // 8, progress=False, **settings)
 t0 = time.perf_counter()
 records = gen.generate(image)
 print(f"generator: {len(records)} masks in {time.perf_counter() - t0:.1f} s; "
@@ -176,18 +156,34 @@ for r in records[:3]:
     print(f"  area {r['area']}, bbox {r['bbox']}, predicted_iou {r['predicted_iou']:.3f}, "
           f"stability {r['stability_score']:.3f}, crop {r['crop_box']}")
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+
+# How many true objects did it find? Each true object's best IoU with any generated mask.
+def iou(a, b):
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+best = [max([iou(r["segmentation"], t) for r in records] or [0.0]) for t in scene.instance_masks]
+found = sum(b >= 0.75 for b in best)
+print(f"true objects found (best IoU >= 0.75): {found} of {len(best)}; best IoUs {np.round(best, 2).tolist()}")
+
+fig, axes = plt.subplots(1, 3, figsize=(15, 5))
 axes[0].imshow(image)
-for (x0, y0, x1, y1), layer in zip(crops, layers):
-    axes[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2,
-                                    color="white" if layer == 0 else "orange"))
-axes[0].set_title("crop boxes (layer 0 white, layer 1 orange)")
+for k, ((x0, y0, x1, y1), layer) in enumerate(zip(crops, layers)):
+    inset = 2 + 3 * k                                           # the crops overlap: shift each a little
+    axes[0].add_patch(plt.Rectangle((x0 + inset, y0 + inset), x1 - x0 - 2 * inset, y1 - y0 - 2 * inset,
+                                    fill=False, lw=2, ls="-" if layer == 0 else "--",
+                                    color="white" if layer == 0 else plt.cm.tab10(k)))
+axes[0].set_title("crop boxes (layer 0 white, layer 1 dashed)")
 axes[1].imshow(image)
-layer_rgba = np.zeros((H, W, 4))
-for r in sorted(records, key=lambda r: -r["area"]):  # show_anns: largest first
-    layer_rgba[r["segmentation"]] = np.concatenate([rng.random(3), [0.35]])
-axes[1].imshow(layer_rgba)
-axes[1].set_title(f"final: {len(records)} masks")
+show_anns(records, axes[1])                                     # largest first, as the notebook
+axes[1].set_title(f"generator: {len(records)} masks")
+truth = np.zeros((H, W, 4))
+for k, t in enumerate(scene.instance_masks):
+    truth[t] = np.r_[plt.cm.tab10(k % 10)[:3], 0.6]
+axes[2].imshow(image)
+axes[2].imshow(truth)
+axes[2].set_title(f"true objects: {found} of {len(best)} found (IoU >= 0.75)")
 for a in axes:
     a.axis("off")
 _lesson.save(fig, args, "overlay.png")
+plt.close(fig)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .checkpoint import load_state_dict
 from .config import PRESETS, SamConfig, expected_shapes, infer_config
+from .config import _normalize as make_overrides
 from .errors import CheckpointError, ConfigError
 from .hf import hf_to_official, is_hf_layout
 from .params import nest
@@ -66,6 +67,7 @@ def build_sam(checkpoint: Union[PathLike, Mapping[str, np.ndarray]],
     if isinstance(config, SamConfig):
         cfg = config
     else:
+        make_overrides(config or {})  # an unknown field is the caller's mistake: ConfigError, not the file's
         try:
             cfg = infer_config(sd, config)
         except ConfigError as exc:
@@ -98,7 +100,17 @@ def _registered(name: str, checkpoint: Optional[PathLike]):
 
 
 def build_sam_micro(checkpoint: Optional[PathLike] = None):
-    """minisam's small model trained on synthetic shapes (shipped in ``weights/``; offline default)."""
+    """minisam's small model for synthetic shapes (shipped in ``weights/``; offline default).
+
+    Until it is trained (issue 7), the shipped file is an untrained placeholder; a warning
+    says so, so that nobody mistakes its masks for what SAM does.
+    """
+    from . import weights
+    if checkpoint is None and not weights.entry("micro").get("trained", True):
+        import warnings
+        warnings.warn("the bundled 'micro' weights are an UNTRAINED placeholder (see weights/README.md): "
+                      "its masks are noise; use --model vit_b with the official weights for real masks",
+                      stacklevel=3)
     return _registered("micro", checkpoint)
 
 

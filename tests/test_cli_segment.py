@@ -38,6 +38,20 @@ def test_segment_writes_overlay_masks_and_json(tiny_checkpoints, tmp_path, capsy
     assert "overlay ->" in capsys.readouterr().out
 
 
+@pytest.mark.vit_b
+def test_segment_grace_hopper_with_random_vit_b(vit_b_checkpoint, tmp_path, capsys):
+    """The issue's case: a real photo and a randomized vit_b checkpoint written by the official package."""
+    out = tmp_path / "out"
+    rc = main(["segment", str(GRACE), "--point", "300,250", "--checkpoint", vit_b_checkpoint[1], "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "scores.json").read_text())
+    assert len(report["masks"]) == 3 and all(np.isfinite(m["score"]) for m in report["masks"])
+    W, H = Image.open(GRACE).size
+    for m in report["masks"]:
+        assert np.asarray(Image.open(out / m["file"])).shape == (H, W)
+    assert Image.open(out / "overlay.png").size[0] > 100
+
+
 def test_segment_single_mask(tiny_checkpoints, tmp_path):
     _, ckpt = tiny_checkpoints["one_head_global_first"]
     rc = main(["segment", str(GRACE), "--box", "10,20,300,400", "--single", "--checkpoint", ckpt,
@@ -104,8 +118,9 @@ def _verdicts(text):
     return rows
 
 
-def test_parity_all_pass_then_against_without_torch(tiny_checkpoints, tmp_path, capsys):
-    _, ckpt = tiny_checkpoints["odd_heads_global_last"]
+@pytest.mark.parametrize("size", ["tiny", pytest.param("vit_b", marks=pytest.mark.vit_b)])
+def test_parity_all_pass_then_against_without_torch(size, tiny_checkpoints, vit_b_checkpoint, tmp_path, capsys):
+    ckpt = tiny_checkpoints["odd_heads_global_last"][1] if size == "tiny" else vit_b_checkpoint[1]
     dump = tmp_path / "ref.npz"
     rc = main(["parity", "--checkpoint", ckpt, "--torch-device", "cpu", "--dump", str(dump)])
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
@@ -152,12 +152,14 @@ def torch_sam_loss(logits, iou_pred, target):
         actual = (pred & gt).sum().double() / torch.clamp((pred | gt).sum(), min=1).double()
     total = mask_loss[index] + (iou[index] - actual) ** 2
     total.backward()
+    torch_sam_loss.mask_loss = mask_loss.detach().numpy()
     return float(total.detach()), index, x.grad.numpy(), iou.grad.numpy()
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 4]), st.integers(1, 12), st.integers(1, 12),
        st.sampled_from([1.0, 5.0, 100.0]))
+@example(seed=0, k=3, h=1, w=1, scale=100.0)  # a float64 tie between perfect outputs (found by hypothesis)
 def test_sam_loss_matches_torch_recipe(seed, k, h, w, scale):
     rng = np.random.default_rng(seed)
     target = (rng.random((h, w)) < rng.uniform(0.05, 0.95)).astype(np.float64)  # [H, W]
@@ -167,7 +169,15 @@ def test_sam_loss_matches_torch_recipe(seed, k, h, w, scale):
     iou_pred = rng.uniform(0, 1, k)
     total, index, dlogits, diou = sam_loss(logits, iou_pred, target, grad=True)
     ref_total, ref_index, ref_dlogits, ref_diou = torch_sam_loss(logits, iou_pred, target)
-    assert index == ref_index
+    if index != ref_index:
+        # A tie in float64: with |logits| ~ 100 several outputs can be perfect, and torchvision's
+        # 1 - p_t rounds to exactly 0 where minisam keeps e^-100-sized terms, so the two argmins
+        # may pick different members of a tie. Accept only a genuine tie (the mask losses of both
+        # picks agree to float64 precision), and then there is no single index to compare.
+        ref_losses = torch_sam_loss.mask_loss
+        assert abs(ref_losses[index] - ref_losses[ref_index]) <= 1e-12 * max(1.0, abs(ref_losses[ref_index])), \
+            (index, ref_index, ref_losses)
+        return
     close(total, ref_total, "sam_loss total")
     close(dlogits, ref_dlogits, "sam_loss dlogits")
     close(diou, ref_diou, "sam_loss diou_pred")

@@ -105,8 +105,9 @@ INDEX_HEAD = """# The minisam course
 Thirteen runnable lessons that follow the paper (Kirillov et al. 2023) and the lecture deck, in
 deck order. Each is a script that reads top to bottom like a notebook: prose in comments, then
 code that prints the shape of every tensor, then a figure. All run headless in under a minute
-on a laptop CPU, on the default model (`micro`, the small SAM trained on synthetic shapes that
-ships in `weights/`); `--model vit_b` or `--checkpoint PATH` runs them on the official weights.
+on a laptop CPU, on the default model (`micro`, minisam's small SAM for synthetic shapes that
+ships in `weights/`; for now an untrained placeholder, see `weights/README.md`, so the figures
+show the mechanics, not learned masks); `--model vit_b` or `--checkpoint PATH` runs them on the official weights.
 
 Regenerate this page and its thumbnails with `python lessons/build_course.py`.
 

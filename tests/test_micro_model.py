@@ -34,7 +34,17 @@ def test_model_card_numbers_hold():
     from minisam.train_micro import EVAL_SEED, evaluate
     card = json.load(open(CARD))
     assert card["seed"] == EVAL_SEED and card["scenes"] == 500
-    got = evaluate(sam_model_registry["micro"](), n_scenes=500, seed=EVAL_SEED)
+    # ~4000 small predictor calls: one thread each for BLAS and Numba is fastest for work this
+    # small, and keeps a loaded machine from thrashing between the two pools.
+    import numba
+    from threadpoolctl import threadpool_limits
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            got = evaluate(sam_model_registry["micro"](), n_scenes=500, seed=EVAL_SEED)
+    finally:
+        numba.set_num_threads(before)
     print("\nmeasured", got, "\nreported", card)
     # The evaluation is deterministic; only float summation order (BLAS threads) can move a
     # mask pixel or two, which moves a mean over ~2000 objects by far less than 0.002.

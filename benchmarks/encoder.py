@@ -1,30 +1,39 @@
-"""Benchmark: the vit_b image encoder, minisam vs the official PyTorch code, on this CPU.
+"""Benchmark: vit_b ``set_image`` (resize, preprocess, image encoder), minisam vs the official code.
 
-Each side runs in its own subprocess so that each peak RSS is its own (minisam's worker
-never imports torch). Each worker builds randomized vit_b weights and runs the whole
-set_image path once (image checks, resize of a 1500x2250 image, preprocess, encoder) as the
-warm-up (Numba compiles or loads its cache here). Then the parent asks the two workers for
-one timed encoder forward each, in turn, ``--repeats`` times: interleaving keeps the
-comparison fair on a machine whose load changes while the benchmark runs.
-Prints the median time, GFLOP/s (analytic count, multiply-add = 2 FLOPs), the peak RSS,
-the ratios, and the BLAS that NumPy and Numba use (threadpoolctl).
+One command prints everything:
 
-    python benchmarks/encoder.py [--repeats 3] [--threads N]
+    python benchmarks/encoder.py [--repeats 3] [--threads N] [--keep-blas-env]
+
+A first subprocess saves a randomized official vit_b (``tests/official.py``) as a .pth; each
+side then runs in its own worker subprocess (so each peak RSS is its own; minisam's worker
+never imports torch), loads that checkpoint (minisam with its torch-free ``build_sam``), and
+runs one warm-up ``SamPredictor.set_image`` on a 1500x2250 image (Numba compiles or loads its
+cache there). The parent then asks the two workers for one timed ``set_image`` each, in turn,
+``--repeats`` times: interleaving keeps the comparison fair on a machine whose load changes.
+Both embeddings are compared at the end (same weights, same image: they must agree).
+
+Printed: median time, encoder GFLOP/s (analytic count, multiply-add = 2 FLOPs) against the
+float32 GEMM peak each side's BLAS reaches here, peak RSS, the ratios against the targets
+(minisam <= 0.5x official time, <= 1.5 GB peak RSS), the BLAS kernel and thread counts, the
+OPENBLAS_* variables (unset for the minisam worker unless ``--keep-blas-env``; see common.py),
+and the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
+import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (ROOT, answer, ask, describe_minisam, fmt_times, header, load_average,  # noqa: E402
+                    load_official_vit_b, minisam_env_info, numpy_gemm_gflops, rss_mb, save_random_vit_b,
+                    start_worker, stop, synthetic_image, timed, torch_gemm_gflops, worker_env)
+
+TIME_TARGET = 0.5     # minisam set_image time / official, at most
+RSS_TARGET_MB = 1536  # minisam peak RSS
 
 
 def encoder_flops(cfg) -> float:
@@ -46,140 +55,119 @@ def encoder_flops(cfg) -> float:
     return float(f)
 
 
-def _test_image():
+def setup(side: str, checkpoint: str):
+    """-> (predictor, info) after one warm-up set_image."""
+    image = synthetic_image()
+    if side == "minisam":
+        from minisam import SamPredictor, build_sam
+        predictor = SamPredictor(build_sam(checkpoint))
+        info = dict(rss_weights_mb=rss_mb())
+        _, info["warmup_s"] = timed(lambda: predictor.set_image(image))
+        info.update(minisam_env_info(), gemm_gflops=numpy_gemm_gflops())
+    else:
+        import torch
+        from segment_anything import SamPredictor
+        torch.set_grad_enabled(False)
+        predictor = SamPredictor(load_official_vit_b(checkpoint))
+        info = dict(rss_weights_mb=rss_mb())
+        _, info["warmup_s"] = timed(lambda: predictor.set_image(image))
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), gemm_gflops=torch_gemm_gflops())
+    return predictor, image, info
+
+
+def embedding(side, predictor):
     import numpy as np
-    yy, xx = np.mgrid[0:1500, 0:2250]
-    return np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    e = predictor.get_image_embedding()
+    return np.asarray(e if side == "minisam" else e.float().numpy())
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def setup_minisam():
+def serve(side: str, checkpoint: str) -> None:
+    """Worker loop: set up, report, then one timed set_image per "run" line; "save PATH" writes the embedding."""
     import numpy as np
-    from minisam.config import VIT_B, expected_shapes
-    from minisam.image_encoder import image_encoder
-    from minisam.params import nest
-    from minisam.transforms import ResizeLongestSide, as_rgb_uint8, preprocess
-    rng = np.random.default_rng(0)
-    flat = {}
-    for k, shape in expected_shapes(VIT_B).items():
-        if k.startswith("image_encoder."):
-            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            flat[k] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-    p = nest(flat)["image_encoder"]
-    rss_weights = _rss_mb()
-    t0 = time.perf_counter()
-    img = ResizeLongestSide(VIT_B.img_size).apply_image(as_rgb_uint8(_test_image()))
-    x = preprocess(img.transpose(2, 0, 1)[None], VIT_B)
-    image_encoder(p, VIT_B, x)
-    warm = time.perf_counter() - t0
-    from threadpoolctl import threadpool_info
-    import numba
-    info = dict(warmup_s=warm, rss_weights_mb=rss_weights, blas=threadpool_info(),
-                numba_threads=numba.get_num_threads(), numba_layer=numba.threading_layer())
-    return (lambda: image_encoder(p, VIT_B, x)), info
-
-
-def setup_official():
-    import numpy as np
-    import torch
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from official import build_official, randomize
-    from segment_anything.utils.transforms import ResizeLongestSide
-    from minisam.config import VIT_B
-    sam = randomize(build_official(VIT_B), 0)
-    enc = sam.image_encoder
-    rss_weights = _rss_mb()
-    torch.set_grad_enabled(False)
-    t0 = time.perf_counter()
-    img = ResizeLongestSide(1024).apply_image(_test_image())
-    x = sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).contiguous()[None])
-    enc(x)
-    warm = time.perf_counter() - t0
-    info = dict(warmup_s=warm, rss_weights_mb=rss_weights, torch=torch.__version__,
-                torch_threads=torch.get_num_threads())
-    return (lambda: enc(x)), info
-
-
-def serve(which: str) -> None:
-    """Worker loop: set up, report, then one timed forward per "run" line on stdin."""
-    run_once, info = (setup_minisam if which == "minisam" else setup_official)()
-    print(json.dumps(info), flush=True)
+    predictor, image, info = setup(side, checkpoint)
+    answer(info)
     for line in sys.stdin:
-        if line.strip() != "run":
+        cmd = line.split()
+        if cmd[:1] == ["run"]:
+            _, dt = timed(lambda: predictor.set_image(image))
+            answer(dict(time=dt, peak_rss_mb=rss_mb()))
+        elif cmd[:1] == ["save"]:
+            np.save(cmd[1], embedding(side, predictor))
+            answer({})
+        else:
             break
-        t0 = time.perf_counter()
-        run_once()
-        dt = time.perf_counter() - t0
-        print(json.dumps(dict(time=dt, peak_rss_mb=_rss_mb())), flush=True)
-
-
-def _start_worker(which: str, threads):
-    env = dict(os.environ)
-    if threads:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            env[var] = str(threads)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", which]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-
-def _ask(proc, line=None) -> dict:
-    if line is not None:
-        proc.stdin.write(line + "\n")
-        proc.stdin.flush()
-    out = proc.stdout.readline()
-    if not out:
-        raise RuntimeError(f"benchmark worker exited with {proc.wait()}")
-    return json.loads(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="BLAS/Numba/torch threads (default: all cores)")
-    ap.add_argument("--worker", choices=["minisam", "official"], help=argparse.SUPPRESS)
+    ap.add_argument("--keep-blas-env", action="store_true",
+                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the minisam worker (default: unset)")
+    ap.add_argument("--worker", choices=["minisam", "official", "prepare"], help=argparse.SUPPRESS)
+    ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker == "prepare":
+        save_random_vit_b(args.checkpoint)
+        return 0
     if args.worker:
-        serve(args.worker)
+        serve(args.worker, args.checkpoint)
         return 0
 
+    import numpy as np
     from minisam.config import VIT_B
     gflop = encoder_flops(VIT_B) / 1e9
-    print(f"vit_b image encoder, 1024x1024, {gflop:.0f} GFLOP per forward; {os.cpu_count()} CPUs; "
-          f"median of {args.repeats} interleaved runs after one warm-up set_image each", flush=True)
+    print(header("vit_b SamPredictor.set_image (1500x2250 image -> 1024x1024 -> 256x64x64 embedding)", args.threads))
+    print(f"encoder: {gflop:.0f} GFLOP per forward; median of {args.repeats} interleaved runs after one warm-up "
+          "set_image per side", flush=True)
     sides = ("minisam", "official")
     procs, info, times, rss = {}, {}, {s: [] for s in sides}, {}
-    try:
-        for side in sides:                       # one at a time, so set-ups do not overlap
-            procs[side] = _start_worker(side, args.threads)
-            info[side] = _ask(procs[side])
-        for _ in range(args.repeats):
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "vit_b_random.pth")
+        prep = start_worker(__file__, ["--worker", "prepare", "--checkpoint", ckpt], worker_env("official"))
+        if prep.wait() != 0:
+            raise RuntimeError("could not prepare the random vit_b checkpoint")
+        try:
+            for side in sides:                       # one at a time, so set-ups do not overlap
+                procs[side] = start_worker(__file__, ["--worker", side, "--checkpoint", ckpt],
+                                           worker_env(side, args.threads, args.keep_blas_env))
+                info[side] = ask(procs[side])
+            for _ in range(args.repeats):
+                for side in sides:
+                    r = ask(procs[side], "run")
+                    times[side].append(r["time"])
+                    rss[side] = r["peak_rss_mb"]
+            embs = {}
             for side in sides:
-                r = _ask(procs[side], "run")
-                times[side].append(r["time"])
-                rss[side] = r["peak_rss_mb"]
-    finally:
-        for proc in procs.values():
-            proc.stdin.close()
-            proc.wait()
+                path = os.path.join(tmp, side + ".npy")
+                ask(procs[side], "save " + path)
+                embs[side] = np.load(path)
+        finally:
+            stop(procs.values())
     for side in sides:
         med = statistics.median(times[side])
-        print(f"\n[{side}] times {', '.join(f'{t:.2f}' for t in times[side])} s  median {med:.2f} s  "
-              f"{gflop / med:.1f} GFLOP/s  warm-up set_image {info[side]['warmup_s']:.2f} s")
-        print(f"  peak RSS {rss[side]:.0f} MB (after building the weights: {info[side]['rss_weights_mb']:.0f} MB)")
+        i = info[side]
+        print(f"\n[{side}] set_image times {fmt_times(times[side])} s  median {med:.2f} s  "
+              f"encoder {gflop / med:.1f} GFLOP/s = {gflop / med / i['gemm_gflops']:.0%} of this side's "
+              f"float32 GEMM peak ({i['gemm_gflops']:.0f} GFLOP/s, 2048^3)")
+        print(f"  first set_image (warm-up) {i['warmup_s']:.2f} s; peak RSS {rss[side]:.0f} MB "
+              f"(after loading the weights: {i['rss_weights_mb']:.0f} MB)")
         if side == "minisam":
-            for lib in info[side]["blas"]:
-                print(f"  threadpoolctl: {lib.get('internal_api')} {lib.get('version')} "
-                      f"{lib.get('num_threads')} threads, {lib.get('architecture')}, "
-                      f"{os.path.basename(lib.get('filepath', ''))}")
-            print(f"  numba: {info[side]['numba_threads']} threads, layer {info[side]['numba_layer']}")
+            for line in describe_minisam(i):
+                print("  " + line)
         else:
-            print(f"  torch {info[side]['torch']}, {info[side]['torch_threads']} threads")
+            print(f"  torch {i['torch']}, {i['torch_threads']} threads")
+    ref = embs["official"]
+    err = np.abs(embs["minisam"] - ref).max()
+    print(f"\nembeddings agree: max abs diff {err:.2e} = {err / np.abs(ref).max():.1e} x max|official|")
     tm, to = statistics.median(times["minisam"]), statistics.median(times["official"])
-    print(f"\nspeed-up official/minisam: {to / tm:.2f}x   peak RSS minisam/official: "
-          f"{rss['minisam'] / rss['official']:.2f}")
+    ratio = tm / to
+    print(f"set_image time minisam/official: {ratio:.2f}x (speed-up {to / tm:.2f}x; target <= {TIME_TARGET}x: "
+          f"{'met' if ratio <= TIME_TARGET else 'NOT met'})")
+    print(f"peak RSS minisam {rss['minisam']:.0f} MB vs official {rss['official']:.0f} MB "
+          f"({rss['minisam'] / rss['official']:.2f}x; target <= {RSS_TARGET_MB} MB: "
+          f"{'met' if rss['minisam'] <= RSS_TARGET_MB else 'NOT met'})")
+    print(f"{load_average()} at the end")
     return 0
 
 

@@ -281,6 +281,7 @@ def neck(p, x, trace=None, key="image_encoder.neck"):
     y = conv3x3(y, p[2]["weight"])                                         # [B, G, G, C]
     _put(trace, key + ".2", nchw(y))
     y = layer_norm(y, p[3]["weight"], p[3]["bias"], _EPS)                  # [B, G, G, C]
+    _put(trace, key + ".3", nchw(y))
     out = np.ascontiguousarray(nchw(y))                                    # [B, C, G, G]
     _put(trace, key, out)  # the Sequential's own output, as its forward hook records it
     return out

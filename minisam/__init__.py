@@ -26,6 +26,8 @@ _LAZY = {
     "SamPredictor": "minisam.predictor",
     "SamAutomaticMaskGenerator": "minisam.automatic_mask_generator",
     "ResizeLongestSide": "minisam.transforms",
+    "set_num_threads": "minisam.threads",
+    "thread_info": "minisam.threads",
 }
 
 __all__ = sorted(list(_LAZY) + ["CheckpointError", "ConfigError", "DownloadError", "ImageError",

@@ -31,9 +31,13 @@ import numpy as np
 from .config import SamConfig
 from .errors import ImageError
 from .kernels import add_layer_norm, attention_rel_pos, gelu, layer_norm, softmax_rel_pos_
+from .kernels import rel_pos_terms as _rel_pos_kernel
 
 _EPS = 1e-6                 # every encoder LayerNorm and both LayerNorm2d (build_sam.py, common.py)
-_SCORE_BUDGET = 1 << 22     # floats per chunk of attention scores (16 MB)
+_SCORE_BUDGET = 1 << 23     # floats per chunk of attention scores (32 MB): 2048 query rows of a
+                            # 4096-key call. Fewer, bigger GEMMs: measured on 2 loaded cores,
+                            # 64 rows 36 s, 256 rows 2.7 s, 1024 rows 1.35 s, 2048 rows 1.24 s
+                            # (4 heads); OpenBLAS threads stall on many small calls.
 _SMALL_T = 1024             # attention calls up to this many tokens (windows) run as one Numba task each
 
 
@@ -147,19 +151,15 @@ def rel_pos_terms(q, rel_pos_h, rel_pos_w, hw):
 
     q [N, T, hd] with T = h*w -> rel_h [N, T, h], rel_w [N, T, w]:
     rel_h[n, (y, x), k] = q[n, y, x] . Rh[y, k];  rel_w[n, (y, x), k] = q[n, y, x] . Rw[x, k].
+    One Numba pass over q (``kernels.rel_pos_terms``): as batched BLAS these small products
+    cost ~0.5 s per block, mostly in thread hand-offs and transposes.
     """
     h, w = hw
     N, T, hd = q.shape
     Rh = get_rel_pos(h, h, rel_pos_h)                                      # [h, h, hd]
     Rw = get_rel_pos(w, w, rel_pos_w)                                      # [w, w, hd]
-    qr = q.reshape(N, h, w, hd)
-    by_y = qr.transpose(1, 0, 2, 3).reshape(h, N * w, hd)                  # [h, N*w, hd]
-    rel_h = np.matmul(by_y, Rh.transpose(0, 2, 1))                         # [h, N*w, h]
-    rel_h = rel_h.reshape(h, N, w, h).transpose(1, 0, 2, 3)                # [N, h, w, h]
-    by_x = qr.transpose(2, 0, 1, 3).reshape(w, N * h, hd)                  # [w, N*h, hd]
-    rel_w = np.matmul(by_x, Rw.transpose(0, 2, 1))                         # [w, N*h, w]
-    rel_w = rel_w.reshape(w, N, h, w).transpose(1, 2, 0, 3)                # [N, h, w, w]
-    return _f32(rel_h).reshape(N, T, h), _f32(rel_w).reshape(N, T, w)
+    rel_h, rel_w = _rel_pos_kernel(q.reshape(N, h, w, hd), Rh, Rw)        # [N, h, w, h], [N, h, w, w]
+    return rel_h.reshape(N, T, h), rel_w.reshape(N, T, w)
 
 
 # --------------------------------------------------------------------------- attention
@@ -281,8 +281,8 @@ def neck(p, x, trace=None, key="image_encoder.neck"):
     y = conv3x3(y, p[2]["weight"])                                         # [B, G, G, C]
     _put(trace, key + ".2", nchw(y))
     y = layer_norm(y, p[3]["weight"], p[3]["bias"], _EPS)                  # [B, G, G, C]
-    _put(trace, key + ".3", nchw(y))
     out = np.ascontiguousarray(nchw(y))                                    # [B, C, G, G]
+    _put(trace, key + ".3", out)
     _put(trace, key, out)  # the Sequential's own output, as its forward hook records it
     return out
 

@@ -1,4 +1,4 @@
-"""Row kernels shared by every model part: LayerNorm, GELU, softmax.
+"""Row kernels shared by every model part: LayerNorm, GELU, softmax, attention pieces.
 
 Each kernel comes twice: a readable NumPy twin (``*_numpy``) that states the math in a few
 lines, and a Numba kernel (``_*_kernel``) that does the same work in one pass over memory,
@@ -8,8 +8,9 @@ The public functions (``layer_norm``, ``gelu``, ``softmax`` ...) call the Numba 
 Numerics follow the official PyTorch modules (SAM_NOTES 2.2, 2.7):
 - LayerNorm (``torch.nn.LayerNorm``, ``modeling/common.py`` LayerNorm2d): biased variance,
   ``(x - mean) / sqrt(var + eps) * w + b``. The row mean and variance are accumulated in
-  float64 *scalars* (registers, no float64 arrays), so they are at least as exact as
-  PyTorch's float32 vectorized sums; the tensors stay float32.
+  float64, in 8 independent partial sums (a tiny per-task scratch, no float64 tensors) so
+  that the loop vectorizes with fastmath off; at least as exact as PyTorch's float32
+  vectorized sums; the tensors stay float32.
 - GELU (``torch.nn.GELU()``, default ``approximate="none"``): ``0.5 * x * (1 + erf(x / sqrt 2))``
   with the exact erf, never the tanh approximation.
 - softmax over the last axis: subtract the row max, exponentiate, scale by 1 / sum, as
@@ -44,21 +45,46 @@ def layer_norm_numpy(x, weight, bias, eps=1e-6):
     return (((x - mean) / np.sqrt(var + eps)) * weight + bias).astype(np.float32)  # [..., C]
 
 
+_LN_LANES = 8  # independent float64 partial sums per row: a serial sum cannot vectorize with fastmath off
+
+
+@njit(inline="always")
+def _row_mean_inv_std(row, eps, acc):  # [C] float32, (), [_LN_LANES] float64 scratch -> (mean, 1/std)
+    """Mean and 1 / sqrt(biased var + eps) of one row, accumulated in float64 over 8 lanes."""
+    C = row.shape[0]
+    body = C - C % _LN_LANES
+    acc[:] = 0.0
+    for j0 in range(0, body, _LN_LANES):
+        for l in range(_LN_LANES):
+            acc[l] += row[j0 + l]
+    total = acc.sum()
+    for j in range(body, C):
+        total += row[j]
+    mean = total / C
+    acc[:] = 0.0
+    for j0 in range(0, body, _LN_LANES):
+        for l in range(_LN_LANES):
+            d = row[j0 + l] - mean
+            acc[l] += d * d
+    sq = acc.sum()
+    for j in range(body, C):
+        d = row[j] - mean
+        sq += d * d
+    return mean, 1.0 / math.sqrt(sq / C + eps)
+
+
+_ROW_BLOCK = 64  # rows per parallel task: scratch buffers are allocated once per task, not per row
+
+
 @njit(parallel=True)
 def _layer_norm_kernel(x, weight, bias, eps, out):  # [R, C], [C], [C], (), [R, C]
     rows, C = x.shape
-    for r in prange(rows):
-        total = 0.0                                   # float64 scalar accumulators
-        for c in range(C):
-            total += x[r, c]
-        mean = total / C
-        sq = 0.0
-        for c in range(C):
-            d = x[r, c] - mean
-            sq += d * d
-        inv = 1.0 / math.sqrt(sq / C + eps)
-        for c in range(C):
-            out[r, c] = np.float32((x[r, c] - mean) * inv) * weight[c] + bias[c]
+    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        acc = np.empty(_LN_LANES, np.float64)
+        for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
+            mean, inv = _row_mean_inv_std(x[r], eps, acc)
+            for c in range(C):
+                out[r, c] = np.float32((x[r, c] - mean) * inv) * weight[c] + bias[c]
 
 
 def layer_norm(x, weight, bias, eps=1e-6):
@@ -84,20 +110,14 @@ def add_layer_norm_numpy(x, delta, weight, bias, eps=1e-6, delta_bias=None):
 @njit(parallel=True)
 def _add_layer_norm_kernel(x, delta, delta_bias, weight, bias, eps, out):  # [R, C] x2, [C] x3, (), [R, C]
     rows, C = x.shape
-    for r in prange(rows):
-        total = 0.0
-        for c in range(C):
-            s = x[r, c] + (delta[r, c] + delta_bias[c])   # float32, the order torch uses
-            x[r, c] = s
-            total += s
-        mean = total / C
-        sq = 0.0
-        for c in range(C):
-            d = x[r, c] - mean
-            sq += d * d
-        inv = 1.0 / math.sqrt(sq / C + eps)
-        for c in range(C):
-            out[r, c] = np.float32((x[r, c] - mean) * inv) * weight[c] + bias[c]
+    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        acc = np.empty(_LN_LANES, np.float64)
+        for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
+            for c in range(C):
+                x[r, c] = x[r, c] + (delta[r, c] + delta_bias[c])   # float32, the order torch uses
+            mean, inv = _row_mean_inv_std(x[r], eps, acc)
+            for c in range(C):
+                out[r, c] = np.float32((x[r, c] - mean) * inv) * weight[c] + bias[c]
 
 
 def add_layer_norm(x, delta, weight, bias, eps=1e-6, delta_bias=None):
@@ -237,11 +257,11 @@ _LANES = 8  # independent partial max/sum accumulators, so the row reductions ve
 
 
 @njit(inline="always")
-def _softmax_row_(row, bits):  # [N] float32 in place, [N] int32 scratch
+def _softmax_row_(row, bits, lane, acc):  # [N] float32 in place; scratch: [>=N] int32, [_LANES] f32, [_LANES] f64
     """Softmax of one row in place: max, exp(x - max), scale by 1 / sum."""
     N = row.shape[0]
     body = N - N % _LANES
-    lane = np.full(_LANES, row[0], np.float32)
+    lane[:] = row[0]
     for j0 in range(0, body, _LANES):
         for l in range(_LANES):
             lane[l] = max(lane[l], row[j0 + l])
@@ -253,7 +273,7 @@ def _softmax_row_(row, bits):  # [N] float32 in place, [N] int32 scratch
         row[j] = p
         bits[j] = (np.int32(n) + np.int32(127)) << 23
     scale = bits.view(np.float32)
-    acc = np.zeros(_LANES, np.float64)
+    acc[:] = 0.0
     for j0 in range(0, body, _LANES):
         for l in range(_LANES):
             e = row[j0 + l] * scale[j0 + l]
@@ -278,9 +298,12 @@ def softmax_numpy(x):
 @njit(parallel=True)
 def _softmax_kernel(x):  # [R, N] in place
     rows, N = x.shape
-    for r in prange(rows):
+    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
         bits = np.empty(N, np.int32)
-        _softmax_row_(x[r], bits)
+        lane = np.empty(_LANES, np.float32)
+        acc = np.empty(_LANES, np.float64)
+        for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
+            _softmax_row_(x[r], bits, lane, acc)
 
 
 def softmax(x, out=None):
@@ -313,13 +336,16 @@ def _softmax_rel_pos_kernel(attn, rel_h, rel_w):  # [R, kh*kw] in place, [R, kh]
     rows = attn.shape[0]
     kh = rel_h.shape[1]
     kw = rel_w.shape[1]
-    for r in prange(rows):
+    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
         bits = np.empty(kh * kw, np.int32)
-        for a in range(kh):
-            for b in range(kw):
-                # float32, in torch's order: (attn + rel_h) + rel_w
-                attn[r, a * kw + b] = (attn[r, a * kw + b] + rel_h[r, a]) + rel_w[r, b]
-        _softmax_row_(attn[r], bits)
+        lane = np.empty(_LANES, np.float32)
+        acc = np.empty(_LANES, np.float64)
+        for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
+            for a in range(kh):
+                for b in range(kw):
+                    # float32, in torch's order: (attn + rel_h) + rel_w
+                    attn[r, a * kw + b] = (attn[r, a * kw + b] + rel_h[r, a]) + rel_w[r, b]
+            _softmax_row_(attn[r], bits, lane, acc)
 
 
 def softmax_rel_pos_(attn, rel_h, rel_w):
@@ -357,6 +383,8 @@ def _attention_rel_pos_kernel(q, kT, v, rel_h, rel_w, out):  # [N,T,hd], [N,hd,T
     kw = rel_w.shape[2]
     for n in prange(N):                        # one attention call (window x head) per task
         bits = np.empty(T, np.int32)
+        lane = np.empty(_LANES, np.float32)
+        acc = np.empty(_LANES, np.float64)
         P = np.empty((4, T), np.float32)       # scores of 4 query rows: each k row is loaded once for 4
         for i0 in range(0, T, 4):
             m = min(4, T - i0)
@@ -385,7 +413,7 @@ def _attention_rel_pos_kernel(q, kT, v, rel_h, rel_w, out):  # [N,T,hd], [N,hd,T
                 for a in range(kh):
                     for b in range(kw):
                         row[a * kw + b] = (row[a * kw + b] + rel_h[n, i, a]) + rel_w[n, i, b]
-                _softmax_row_(row, bits)
+                _softmax_row_(row, bits, lane, acc)
                 out[n, i, :] = 0
             for r in range(m):                 # out[i] += P[r, j] * v[j], vectorized over hd
                 o = out[n, i0 + r]
@@ -409,3 +437,56 @@ def attention_rel_pos(q, k, v, rel_h, rel_w):
     out = np.empty_like(q)
     _attention_rel_pos_kernel(q, kT, v, _f32(rel_h), _f32(rel_w), out)
     return out
+
+
+# --------------------------------------------------------------------------- decomposed rel-pos terms
+
+def rel_pos_terms_numpy(q, Rh, Rw):
+    """NumPy twin: the two einsums of ``add_decomposed_rel_pos`` (image_encoder.py L354-355).
+
+    q [N, h, w, hd] UNSCALED, Rh [h, kh, hd], Rw [w, kw, hd] -> rel_h [N, h, w, kh], rel_w [N, h, w, kw]
+    """
+    rel_h = np.einsum("nyxc,ykc->nyxk", q, Rh)                           # [N, h, w, kh]
+    rel_w = np.einsum("nyxc,xkc->nyxk", q, Rw)                           # [N, h, w, kw]
+    return rel_h.astype(np.float32), rel_w.astype(np.float32)
+
+
+@njit(parallel=True)
+def _rel_pos_kernel(q, RhT, RwT, rel_h, rel_w):  # [N,h,w,hd], [h,hd,kh], [w,hd,kw], [N,h,w,kh], [N,h,w,kw]
+    N, h, w, hd = q.shape
+    kh = RhT.shape[2]
+    kw = RwT.shape[2]
+    for task in prange(N * h):                 # one (call, query row y) per task
+        n = task // h
+        y = task % h
+        for x in range(w):
+            oh = rel_h[n, y, x]
+            ow = rel_w[n, y, x]
+            oh[:] = 0
+            ow[:] = 0
+            for c in range(hd):                # sequential over hd; vectorized over the keys
+                qc = q[n, y, x, c]
+                rh = RhT[y, c]
+                rw = RwT[x, c]
+                for a in range(kh):
+                    oh[a] += qc * rh[a]
+                for b in range(kw):
+                    ow[b] += qc * rw[b]
+
+
+def rel_pos_terms(q, Rh, Rw):
+    """Both decomposed rel-pos terms in one pass over q, one Numba task per (call, row).
+
+    As batched BLAS these are thousands of [w, hd] x [hd, kh] products (kh = 14 or 64):
+    too small for BLAS threads, and the transposes around them cost more than the math.
+    q [N, h, w, hd] UNSCALED, Rh [h, kh, hd], Rw [w, kw, hd] -> rel_h [N, h, w, kh], rel_w [N, h, w, kw]:
+    rel_h[n, y, x, k] = q[n, y, x] . Rh[y, k];  rel_w[n, y, x, k] = q[n, y, x] . Rw[x, k].
+    """
+    q = _f32(q)
+    N, h, w, _ = q.shape
+    RhT = np.ascontiguousarray(_f32(Rh).transpose(0, 2, 1))              # [h, hd, kh]
+    RwT = np.ascontiguousarray(_f32(Rw).transpose(0, 2, 1))              # [w, hd, kw]
+    rel_h = np.empty((N, h, w, RhT.shape[2]), np.float32)                # [N, h, w, kh]
+    rel_w = np.empty((N, h, w, RwT.shape[2]), np.float32)                # [N, h, w, kw]
+    _rel_pos_kernel(q, RhT, RwT, rel_h, rel_w)
+    return rel_h, rel_w

@@ -35,8 +35,12 @@ LN_EPS = 1e-5  # nn.LayerNorm default, used for norm1..4 and norm_final_attn
 
 
 def linear(x, p):  # [..., in], {"weight": [out, in], "bias": [out]} -> [..., out]
-    """``nn.Linear``: x @ W^T + b, in float32."""
-    return x @ p["weight"].T + p["bias"]  # [..., in] @ [in, out] -> [..., out]
+    """``nn.Linear``: x @ W^T + b, in float32, as ONE GEMM over all leading axes (a stacked
+    matmul would run one small GEMM per prompt) with the bias added in place."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = x.reshape(-1, x.shape[-1]) @ p["weight"].T  # [R, in] @ [in, out] -> [R, out]
+    y += p["bias"]  # [R, out]
+    return y.reshape(x.shape[:-1] + (y.shape[-1],))  # [..., out]
 
 
 def _ln(x, p):  # [..., C] -> [..., C]
@@ -54,20 +58,21 @@ def attention(p, q, k, v, num_heads: int, trace=None, name: str = ""):
     v = linear(v, p["v_proj"])  # [B, Tk, C] -> [B, Tk, Ci]
     if trace is not None:
         trace[name + ".q_proj"], trace[name + ".k_proj"], trace[name + ".v_proj"] = q, k, v
-    B, Tq, Ci = q.shape
-    Tk = k.shape[1]
+    # q or k/v may hold ONE image shared by all B prompts (batch 1): matmul broadcasts it.
+    Bq, Tq, Ci = q.shape
+    Bk, Tk, _ = k.shape
     d = Ci // num_heads
-    qh = q.reshape(B, Tq, num_heads, d).transpose(0, 2, 1, 3)  # [B, Tq, Ci] -> [B, h, Tq, d]
-    kh = k.reshape(B, Tk, num_heads, d).transpose(0, 2, 1, 3)  # [B, Tk, Ci] -> [B, h, Tk, d]
-    vh = v.reshape(B, Tk, num_heads, d).transpose(0, 2, 1, 3)  # [B, Tk, Ci] -> [B, h, Tk, d]
+    qh = q.reshape(Bq, Tq, num_heads, d).transpose(0, 2, 1, 3)  # [B, Tq, Ci] -> [B, h, Tq, d]
+    kh = k.reshape(Bk, Tk, num_heads, d).transpose(0, 2, 1, 3)  # [B, Tk, Ci] -> [B, h, Tk, d]
+    vh = v.reshape(Bk, Tk, num_heads, d).transpose(0, 2, 1, 3)  # [B, Tk, Ci] -> [B, h, Tk, d]
     attn = qh @ kh.transpose(0, 1, 3, 2)  # [B, h, Tq, d] @ [B, h, d, Tk] -> [B, h, Tq, Tk]
-    attn = attn / np.float32(math.sqrt(d))  # [B, h, Tq, Tk]
-    attn = softmax(attn)  # [B, h, Tq, Tk], rows sum to 1 over the keys
+    attn /= np.float32(math.sqrt(d))  # [B, h, Tq, Tk], in place
+    softmax(attn, out=attn)  # [B, h, Tq, Tk], rows sum to 1 over the keys
     if trace is not None:
         # Not an official hook (the softmax is not a module); kept for the lessons.
         trace[name + ".attn_weights"] = attn
     out = attn @ vh  # [B, h, Tq, Tk] @ [B, h, Tk, d] -> [B, h, Tq, d]
-    out = out.transpose(0, 2, 1, 3).reshape(B, Tq, Ci)  # [B, h, Tq, d] -> [B, Tq, Ci]
+    out = out.transpose(0, 2, 1, 3).reshape(out.shape[0], Tq, Ci)  # [B, h, Tq, d] -> [B, Tq, Ci]
     out = linear(out, p["out_proj"])  # [B, Tq, Ci] -> [B, Tq, C]
     if trace is not None:
         trace[name + ".out_proj"] = out
@@ -106,8 +111,8 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
 
     # 2. Tokens read the image: q = tokens + PE, k = image + PE, v = image (no PE).
     q = queries + query_pe  # [B, T, C]
-    k = keys + key_pe  # [B, N, C]
-    queries = queries + attention(p["cross_attn_token_to_image"], q, k, keys, num_heads, t,
+    k_img = keys + key_pe  # [B, N, C] (or [1, N, C]: one image for all prompts, layer 0)
+    queries = queries + attention(p["cross_attn_token_to_image"], q, k_img, keys, num_heads, t,
                                   name + ".cross_attn_token_to_image")  # [B, T, C]
     queries = _ln(queries, p["norm2"])  # [B, T, C]
     if t is not None:
@@ -121,8 +126,8 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
 
     # 4. The image reads the tokens: the roles swap (q = image + PE, k = tokens + PE, v = tokens).
     q = queries + query_pe  # [B, T, C]
-    k = keys + key_pe  # [B, N, C]
-    keys = keys + attention(p["cross_attn_image_to_token"], k, q, queries, num_heads, t,
+    # keys did not change since step 2: reuse keys + key_pe
+    keys = keys + attention(p["cross_attn_image_to_token"], k_img, q, queries, num_heads, t,
                             name + ".cross_attn_image_to_token")  # [B, N, C]
     keys = _ln(keys, p["norm4"])  # [B, N, C]
     if t is not None:
@@ -138,10 +143,13 @@ def two_way_transformer(p, cfg, image_embedding, image_pe, point_embedding,
 
     image_embedding [B, C, G, G], image_pe [B, C, G, G], point_embedding [B, T, C]
     -> (tokens [B, T, C], image [B, N, C]) with N = G*G in row-major (y, x) order.
+    image_embedding and image_pe may also be [1, C, G, G] for B prompts on one image with the
+    same dense embedding: the image tokens then broadcast until the first image-to-token
+    attention makes them prompt-specific (layer 0 projects them once, not B times).
     """
     B, C, H, W = image_embedding.shape
     keys = image_embedding.reshape(B, C, H * W).transpose(0, 2, 1)  # [B, C, G, G] -> [B, N, C]
-    key_pe = image_pe.reshape(B, C, H * W).transpose(0, 2, 1)  # [B, C, G, G] -> [B, N, C]
+    key_pe = image_pe.reshape(image_pe.shape[0], C, H * W).transpose(0, 2, 1)  # [1 or B, C, G, G] -> [1 or B, N, C]
     keys = np.ascontiguousarray(keys)
     key_pe = np.ascontiguousarray(key_pe)
     queries = point_embedding  # [B, T, C]

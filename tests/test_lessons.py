@@ -41,6 +41,7 @@ FIGURES = {
     "09": ["focal_curves.png", "focal_heatmap.png"],
     "10": ["rounds_strip.png", "rounds_curves.png"],
     "11": ["grid.png", "filters.png", "overlay.png"],
+    "12": ["12_times.png", "12_roofline.png"],
     "13": ["zero_shot_instances.png", "limits.png"],
 }
 

@@ -48,25 +48,33 @@ def layer_norm_numpy(x, weight, bias, eps=1e-6):
 _LN_LANES = 8  # independent float64 partial sums per row: a serial sum cannot vectorize with fastmath off
 
 
-@njit(inline="always")
+@njit
 def _row_mean_inv_std(row, eps, acc):  # [C] float32, (), [_LN_LANES] float64 scratch -> (mean, 1/std)
     """Mean and 1 / sqrt(biased var + eps) of one row, accumulated in float64 over 8 lanes."""
+    # Explicit loops instead of acc[:] = 0 / acc.sum(): each array method is one more Numba
+    # overload to compile on a first run; the summation order is the same (lane 0 to 7).
     C = row.shape[0]
     body = C - C % _LN_LANES
-    acc[:] = 0.0
+    for l in range(_LN_LANES):
+        acc[l] = 0.0
     for j0 in range(0, body, _LN_LANES):
         for l in range(_LN_LANES):
             acc[l] += row[j0 + l]
-    total = acc.sum()
+    total = 0.0
+    for l in range(_LN_LANES):
+        total += acc[l]
     for j in range(body, C):
         total += row[j]
     mean = total / C
-    acc[:] = 0.0
+    for l in range(_LN_LANES):
+        acc[l] = 0.0
     for j0 in range(0, body, _LN_LANES):
         for l in range(_LN_LANES):
             d = row[j0 + l] - mean
             acc[l] += d * d
-    sq = acc.sum()
+    sq = 0.0
+    for l in range(_LN_LANES):
+        sq += acc[l]
     for j in range(body, C):
         d = row[j] - mean
         sq += d * d
@@ -256,16 +264,19 @@ def gelu(x, bias=None, out=None):
 _LANES = 8  # independent partial max/sum accumulators, so the row reductions vectorize
 
 
-@njit(inline="always")
+@njit
 def _softmax_row_(row, bits, lane, acc):  # [N] float32 in place; scratch: [>=N] int32, [_LANES] f32, [_LANES] f64
     """Softmax of one row in place: max, exp(x - max), scale by 1 / sum."""
     N = row.shape[0]
     body = N - N % _LANES
-    lane[:] = row[0]
+    for l in range(_LANES):                    # loops, not lane[:] = / lane.max() / acc.sum(): see above
+        lane[l] = row[0]
     for j0 in range(0, body, _LANES):
         for l in range(_LANES):
             lane[l] = max(lane[l], row[j0 + l])
-    m = lane.max()
+    m = lane[0]
+    for l in range(1, _LANES):
+        m = max(m, lane[l])
     for j in range(body, N):
         m = max(m, row[j])
     for j in range(N):                         # exp(x - m) = p * 2**n; 2**n built from bits
@@ -273,13 +284,16 @@ def _softmax_row_(row, bits, lane, acc):  # [N] float32 in place; scratch: [>=N]
         row[j] = p
         bits[j] = (np.int32(n) + np.int32(127)) << 23
     scale = bits.view(np.float32)
-    acc[:] = 0.0
+    for l in range(_LANES):
+        acc[l] = 0.0
     for j0 in range(0, body, _LANES):
         for l in range(_LANES):
             e = row[j0 + l] * scale[j0 + l]
             row[j0 + l] = e
             acc[l] += e
-    total = acc.sum()
+    total = 0.0
+    for l in range(_LANES):
+        total += acc[l]
     for j in range(body, N):
         e = row[j] * scale[j]
         row[j] = e
@@ -376,52 +390,61 @@ def attention_rel_pos_numpy(q, k, v, rel_h, rel_w):
     return np.matmul(probs, v).astype(np.float32)                        # [N, T, hd]
 
 
+@njit
+def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane, acc):  # [T,hd], [hd,T], [T,hd], [T,kh], [T,kw], [T,hd]
+    """One attention call (one window x head), serial. A plain function rather than the body
+    of the prange loop: Numba's parallel passes then see a one-line loop, which cuts the
+    first-run compile time several-fold; the arithmetic is the same."""
+    T, hd = q.shape
+    kh = rel_h.shape[1]
+    kw = rel_w.shape[1]
+    for i0 in range(0, T, 4):                  # P: scores of 4 query rows; each k row is loaded once for 4
+        m = min(4, T - i0)
+        for r in range(4):
+            for j in range(T):
+                P[r, j] = 0
+        for c in range(hd):                    # P[r, :] += q[i0 + r, c] * k[:, c], vectorized over keys
+            kc = kT[c]
+            if m == 4:
+                q0 = q[i0, c]
+                q1 = q[i0 + 1, c]
+                q2 = q[i0 + 2, c]
+                q3 = q[i0 + 3, c]
+                for j in range(T):
+                    kv = kc[j]
+                    P[0, j] += q0 * kv
+                    P[1, j] += q1 * kv
+                    P[2, j] += q2 * kv
+                    P[3, j] += q3 * kv
+            else:
+                for r in range(m):
+                    qr = q[i0 + r, c]
+                    for j in range(T):
+                        P[r, j] += qr * kc[j]
+        for r in range(m):
+            i = i0 + r
+            row = P[r]
+            for a in range(kh):
+                for b in range(kw):
+                    row[a * kw + b] = (row[a * kw + b] + rel_h[i, a]) + rel_w[i, b]
+            _softmax_row_(row, bits, lane, acc)
+            for c in range(hd):
+                out[i, c] = 0
+        for r in range(m):                     # out[i] += P[r, j] * v[j], vectorized over hd
+            o = out[i0 + r]
+            for j in range(T):
+                pj = P[r, j]
+                vj = v[j]
+                for c in range(hd):
+                    o[c] += pj * vj[c]
+
+
 @njit(parallel=True)
 def _attention_rel_pos_kernel(q, kT, v, rel_h, rel_w, out):  # [N,T,hd], [N,hd,T], [N,T,hd], [N,T,kh], [N,T,kw], [N,T,hd]
     N, T, hd = q.shape
-    kh = rel_h.shape[2]
-    kw = rel_w.shape[2]
     for n in prange(N):                        # one attention call (window x head) per task
-        bits = np.empty(T, np.int32)
-        lane = np.empty(_LANES, np.float32)
-        acc = np.empty(_LANES, np.float64)
-        P = np.empty((4, T), np.float32)       # scores of 4 query rows: each k row is loaded once for 4
-        for i0 in range(0, T, 4):
-            m = min(4, T - i0)
-            P[:] = 0
-            for c in range(hd):                # P[r, :] += q[i0 + r, c] * k[:, c], vectorized over keys
-                kc = kT[n, c]
-                if m == 4:
-                    q0 = q[n, i0, c]
-                    q1 = q[n, i0 + 1, c]
-                    q2 = q[n, i0 + 2, c]
-                    q3 = q[n, i0 + 3, c]
-                    for j in range(T):
-                        kv = kc[j]
-                        P[0, j] += q0 * kv
-                        P[1, j] += q1 * kv
-                        P[2, j] += q2 * kv
-                        P[3, j] += q3 * kv
-                else:
-                    for r in range(m):
-                        qr = q[n, i0 + r, c]
-                        for j in range(T):
-                            P[r, j] += qr * kc[j]
-            for r in range(m):
-                i = i0 + r
-                row = P[r]
-                for a in range(kh):
-                    for b in range(kw):
-                        row[a * kw + b] = (row[a * kw + b] + rel_h[n, i, a]) + rel_w[n, i, b]
-                _softmax_row_(row, bits, lane, acc)
-                out[n, i, :] = 0
-            for r in range(m):                 # out[i] += P[r, j] * v[j], vectorized over hd
-                o = out[n, i0 + r]
-                for j in range(T):
-                    pj = P[r, j]
-                    vj = v[n, j]
-                    for c in range(hd):
-                        o[c] += pj * vj[c]
+        _attention_one_call(q[n], kT[n], v[n], rel_h[n], rel_w[n], out[n], np.empty((4, T), np.float32),
+                            np.empty(T, np.int32), np.empty(_LANES, np.float32), np.empty(_LANES, np.float64))
 
 
 def attention_rel_pos(q, k, v, rel_h, rel_w):
@@ -462,8 +485,10 @@ def _rel_pos_kernel(q, RhT, RwT, rel_h, rel_w):  # [N,h,w,hd], [h,hd,kh], [w,hd,
         for x in range(w):
             oh = rel_h[n, y, x]
             ow = rel_w[n, y, x]
-            oh[:] = 0
-            ow[:] = 0
+            for a in range(kh):
+                oh[a] = 0
+            for b in range(kw):
+                ow[b] = 0
             for c in range(hd):                # sequential over hd; vectorized over the keys
                 qc = q[n, y, x, c]
                 rh = RhT[y, c]

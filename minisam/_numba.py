@@ -7,7 +7,8 @@ and, when neither ``NUMBA_CACHE_DIR`` nor the package folder is writable, point 
 user cache folder before it is imported.
 
 Every kernel on the parity path is compiled with ``fastmath=False`` (the default here):
-fastmath reorders float sums and swaps in approximate transcendentals.
+fastmath reorders float sums and swaps in approximate transcendentals. Kernels are serial
+and ``nogil``; ``minisam.threads.parallel_for`` runs them on several threads.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ import numba  # noqa: E402  (after the cache dir is settled)
 
 
 def njit(*args, **kwargs):
-    """``numba.njit`` with ``cache=True`` and ``fastmath=False`` unless told otherwise."""
+    """``numba.njit`` with ``cache=True``, ``fastmath=False`` and ``nogil=True`` unless told otherwise
+    (``nogil``: ``minisam.threads.parallel_for`` runs kernels on several Python threads at once)."""
     kwargs.setdefault("cache", True)
     kwargs.setdefault("fastmath", False)
+    kwargs.setdefault("nogil", True)
     return numba.njit(*args, **kwargs)
 
-
-prange = numba.prange

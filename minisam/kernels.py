@@ -1,8 +1,11 @@
 """Row kernels shared by every model part: LayerNorm, GELU, softmax, attention pieces.
 
 Each kernel comes twice: a readable NumPy twin (``*_numpy``) that states the math in a few
-lines, and a Numba kernel (``_*_kernel``) that does the same work in one pass over memory,
-in parallel over rows. ``tests/test_kernels.py`` holds each pair equal with hypothesis.
+lines, and a Numba kernel (``_*_kernel``) that does the same work in one pass over memory.
+A kernel is a serial ``nogil`` function over a range of tasks (row blocks, attention calls);
+:func:`minisam.threads.parallel_for` splits the tasks over threads. Numba's own
+``parallel=True`` would do the same, but its extra compiler passes made the first run (with
+an empty Numba cache) take ~2x longer; per task the arithmetic is identical. ``tests/test_kernels.py`` holds each pair equal with hypothesis.
 The public functions (``layer_norm``, ``gelu``, ``softmax`` ...) call the Numba kernels.
 
 Numerics follow the official PyTorch modules (SAM_NOTES 2.2, 2.7):
@@ -17,7 +20,7 @@ Numerics follow the official PyTorch modules (SAM_NOTES 2.2, 2.7):
   ``aten/src/ATen/native/cpu/SoftMaxKernel.cpp`` (``_vec_softmax_lastdim``) does.
 
 Big GEMMs never happen here: they are plain NumPy float32 matmuls (BLAS threads) outside
-Numba, and these kernels run between them (Numba threads), so the two never nest.
+Numba, and these kernels run between them (minisam's threads), so the two never nest.
 All functions take and return float32.
 """
 
@@ -27,7 +30,8 @@ import math
 
 import numpy as np
 
-from ._numba import njit, prange
+from ._numba import njit
+from .threads import parallel_for
 
 _SQRT1_2 = np.float32(1.0 / math.sqrt(2.0))
 
@@ -84,11 +88,15 @@ def _row_mean_inv_std(row, eps, acc):  # [C] float32, (), [_LN_LANES] float64 sc
 _ROW_BLOCK = 64  # rows per parallel task: scratch buffers are allocated once per task, not per row
 
 
-@njit(parallel=True)
-def _layer_norm_kernel(x, weight, bias, eps, out):  # [R, C], [C], [C], (), [R, C]
+def _blocks(rows):
+    return (rows + _ROW_BLOCK - 1) // _ROW_BLOCK
+
+
+@njit
+def _layer_norm_kernel(lo, hi, x, weight, bias, eps, out):  # blocks [lo, hi); [R, C], [C], [C], (), [R, C]
     rows, C = x.shape
-    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
-        acc = np.empty(_LN_LANES, np.float64)
+    acc = np.empty(_LN_LANES, np.float64)
+    for blk in range(lo, hi):
         for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
             mean, inv = _row_mean_inv_std(x[r], eps, acc)
             for c in range(C):
@@ -103,7 +111,9 @@ def layer_norm(x, weight, bias, eps=1e-6):
     x = _f32(x)
     out = np.empty_like(x)
     C = x.shape[-1]
-    _layer_norm_kernel(x.reshape(-1, C), _f32(weight), _f32(bias), float(eps), out.reshape(-1, C))
+    x2 = x.reshape(-1, C)
+    parallel_for(_layer_norm_kernel, _blocks(x2.shape[0]), x2, _f32(weight), _f32(bias), float(eps),
+                 out.reshape(-1, C))
     return out
 
 
@@ -115,11 +125,11 @@ def add_layer_norm_numpy(x, delta, weight, bias, eps=1e-6, delta_bias=None):
     return s, layer_norm_numpy(s, weight, bias, eps)
 
 
-@njit(parallel=True)
-def _add_layer_norm_kernel(x, delta, delta_bias, weight, bias, eps, out):  # [R, C] x2, [C] x3, (), [R, C]
+@njit
+def _add_layer_norm_kernel(lo, hi, x, delta, delta_bias, weight, bias, eps, out):  # blocks; [R, C] x2, [C] x3, (), [R, C]
     rows, C = x.shape
-    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
-        acc = np.empty(_LN_LANES, np.float64)
+    acc = np.empty(_LN_LANES, np.float64)
+    for blk in range(lo, hi):
         for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
             for c in range(C):
                 x[r, c] = x[r, c] + (delta[r, c] + delta_bias[c])   # float32, the order torch uses
@@ -140,8 +150,9 @@ def add_layer_norm(x, delta, weight, bias, eps=1e-6, delta_bias=None):
     C = x.shape[-1]
     db = np.zeros(C, np.float32) if delta_bias is None else _f32(delta_bias)
     out = np.empty_like(x)
-    _add_layer_norm_kernel(x.reshape(-1, C), _f32(delta).reshape(-1, C), db, _f32(weight), _f32(bias),
-                           float(eps), out.reshape(-1, C))
+    x2 = x.reshape(-1, C)
+    parallel_for(_add_layer_norm_kernel, _blocks(x2.shape[0]), x2, _f32(delta).reshape(-1, C), db, _f32(weight),
+                 _f32(bias), float(eps), out.reshape(-1, C))
     return out
 
 
@@ -202,19 +213,19 @@ def _erf(x):
     return v * p / q
 
 
-@njit(parallel=True)
+@njit
 def _exp_kernel(x, out):  # [R, N] -> [R, N]; exposes _exp_parts to the tests
     rows, N = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         for j in range(N):
             p, n = _exp_parts(x[r, j])
             out[r, j] = p * np.float32(2.0) ** np.int32(n)
 
 
-@njit(parallel=True)
+@njit
 def _erf_kernel(x, out):  # [R, N] -> [R, N]; exposes _erf to the tests
     rows, N = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         for j in range(N):
             out[r, j] = _erf(x[r, j])
 
@@ -234,12 +245,12 @@ def gelu_numpy(x, bias=None):
     return (0.5 * x64 * (1.0 + _erf_numpy(x64 / math.sqrt(2.0)))).astype(np.float32)
 
 
-@njit(parallel=True)
-def _gelu_kernel(x, bias, out):  # [R, C], [C], [R, C]; out may alias x
+@njit
+def _gelu_kernel(lo, hi, x, bias, out):  # rows [lo, hi); [R, C], [C], [R, C]; out may alias x
     rows, C = x.shape
     half = np.float32(0.5)
     one = np.float32(1.0)
-    for r in prange(rows):
+    for r in range(lo, hi):
         for c in range(C):
             v = x[r, c] + bias[c]
             out[r, c] = v * half * (one + _erf(v * _SQRT1_2))
@@ -255,7 +266,8 @@ def gelu(x, bias=None, out=None):
     b = np.zeros(C, np.float32) if bias is None else _f32(bias)
     if out is None:
         out = np.empty_like(x)
-    _gelu_kernel(x.reshape(-1, C), b, out.reshape(-1, C))
+    x2 = x.reshape(-1, C)
+    parallel_for(_gelu_kernel, x2.shape[0], x2, b, out.reshape(-1, C))
     return out
 
 
@@ -309,13 +321,13 @@ def softmax_numpy(x):
     return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
-@njit(parallel=True)
-def _softmax_kernel(x):  # [R, N] in place
+@njit
+def _softmax_kernel(lo, hi, x):  # blocks [lo, hi); [R, N] in place
     rows, N = x.shape
-    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
-        bits = np.empty(N, np.int32)
-        lane = np.empty(_LANES, np.float32)
-        acc = np.empty(_LANES, np.float64)
+    bits = np.empty(N, np.int32)
+    lane = np.empty(_LANES, np.float32)
+    acc = np.empty(_LANES, np.float64)
+    for blk in range(lo, hi):
         for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
             _softmax_row_(x[r], bits, lane, acc)
 
@@ -331,7 +343,8 @@ def softmax(x, out=None):
     elif out is not x:
         out[...] = x
     N = x.shape[-1]
-    _softmax_kernel(out.reshape(-1, N))
+    x2 = out.reshape(-1, N)
+    parallel_for(_softmax_kernel, _blocks(x2.shape[0]), x2)
     return out
 
 
@@ -345,15 +358,15 @@ def softmax_rel_pos_numpy(attn, rel_h, rel_w):
     return softmax_numpy(a.reshape(R, kh * kw).astype(np.float32))        # [R, kh*kw]
 
 
-@njit(parallel=True)
-def _softmax_rel_pos_kernel(attn, rel_h, rel_w):  # [R, kh*kw] in place, [R, kh], [R, kw]
+@njit
+def _softmax_rel_pos_kernel(lo, hi, attn, rel_h, rel_w):  # blocks [lo, hi); [R, kh*kw] in place, [R, kh], [R, kw]
     rows = attn.shape[0]
     kh = rel_h.shape[1]
     kw = rel_w.shape[1]
-    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
-        bits = np.empty(kh * kw, np.int32)
-        lane = np.empty(_LANES, np.float32)
-        acc = np.empty(_LANES, np.float64)
+    bits = np.empty(kh * kw, np.int32)
+    lane = np.empty(_LANES, np.float32)
+    acc = np.empty(_LANES, np.float64)
+    for blk in range(lo, hi):
         for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
             for a in range(kh):
                 for b in range(kw):
@@ -371,7 +384,7 @@ def softmax_rel_pos_(attn, rel_h, rel_w):
     """
     if attn.dtype != np.float32 or not attn.flags.c_contiguous or attn.ndim != 2:
         raise ValueError("softmax_rel_pos_ works in place on a C-contiguous float32 [R, N] array")
-    _softmax_rel_pos_kernel(attn, _f32(rel_h), _f32(rel_w))
+    parallel_for(_softmax_rel_pos_kernel, _blocks(attn.shape[0]), attn, _f32(rel_h), _f32(rel_w))
     return attn
 
 
@@ -392,9 +405,7 @@ def attention_rel_pos_numpy(q, k, v, rel_h, rel_w):
 
 @njit
 def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane, acc):  # [T,hd], [hd,T], [T,hd], [T,kh], [T,kw], [T,hd]
-    """One attention call (one window x head), serial. A plain function rather than the body
-    of the prange loop: Numba's parallel passes then see a one-line loop, which cuts the
-    first-run compile time several-fold; the arithmetic is the same."""
+    """One attention call (one window x head), its scores staying in cache."""
     T, hd = q.shape
     kh = rel_h.shape[1]
     kw = rel_w.shape[1]
@@ -439,12 +450,15 @@ def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane, acc):  # [T,
                     o[c] += pj * vj[c]
 
 
-@njit(parallel=True)
-def _attention_rel_pos_kernel(q, kT, v, rel_h, rel_w, out):  # [N,T,hd], [N,hd,T], [N,T,hd], [N,T,kh], [N,T,kw], [N,T,hd]
+@njit
+def _attention_rel_pos_kernel(lo, hi, q, kT, v, rel_h, rel_w, out):  # calls [lo, hi); [N,T,hd], [N,hd,T], [N,T,hd], [N,T,kh], [N,T,kw], [N,T,hd]
     N, T, hd = q.shape
-    for n in prange(N):                        # one attention call (window x head) per task
-        _attention_one_call(q[n], kT[n], v[n], rel_h[n], rel_w[n], out[n], np.empty((4, T), np.float32),
-                            np.empty(T, np.int32), np.empty(_LANES, np.float32), np.empty(_LANES, np.float64))
+    P = np.empty((4, T), np.float32)
+    bits = np.empty(T, np.int32)
+    lane = np.empty(_LANES, np.float32)
+    acc = np.empty(_LANES, np.float64)
+    for n in range(lo, hi):                    # one attention call (window x head) per task
+        _attention_one_call(q[n], kT[n], v[n], rel_h[n], rel_w[n], out[n], P, bits, lane, acc)
 
 
 def attention_rel_pos(q, k, v, rel_h, rel_w):
@@ -458,7 +472,7 @@ def attention_rel_pos(q, k, v, rel_h, rel_w):
     q, v = _f32(q), _f32(v)
     kT = np.ascontiguousarray(_f32(k).transpose(0, 2, 1))                # [N, hd, T]
     out = np.empty_like(q)
-    _attention_rel_pos_kernel(q, kT, v, _f32(rel_h), _f32(rel_w), out)
+    parallel_for(_attention_rel_pos_kernel, q.shape[0], q, kT, v, _f32(rel_h), _f32(rel_w), out)
     return out
 
 
@@ -474,12 +488,12 @@ def rel_pos_terms_numpy(q, Rh, Rw):
     return rel_h.astype(np.float32), rel_w.astype(np.float32)
 
 
-@njit(parallel=True)
-def _rel_pos_kernel(q, RhT, RwT, rel_h, rel_w):  # [N,h,w,hd], [h,hd,kh], [w,hd,kw], [N,h,w,kh], [N,h,w,kw]
+@njit
+def _rel_pos_kernel(lo, hi, q, RhT, RwT, rel_h, rel_w):  # tasks [lo, hi); [N,h,w,hd], [h,hd,kh], [w,hd,kw], [N,h,w,kh], [N,h,w,kw]
     N, h, w, hd = q.shape
     kh = RhT.shape[2]
     kw = RwT.shape[2]
-    for task in prange(N * h):                 # one (call, query row y) per task
+    for task in range(lo, hi):                 # one (call, query row y) per task
         n = task // h
         y = task % h
         for x in range(w):
@@ -513,5 +527,5 @@ def rel_pos_terms(q, Rh, Rw):
     RwT = np.ascontiguousarray(_f32(Rw).transpose(0, 2, 1))              # [w, hd, kw]
     rel_h = np.empty((N, h, w, RhT.shape[2]), np.float32)                # [N, h, w, kh]
     rel_w = np.empty((N, h, w, RwT.shape[2]), np.float32)                # [N, h, w, kw]
-    _rel_pos_kernel(q, RhT, RwT, rel_h, rel_w)
+    parallel_for(_rel_pos_kernel, N * h, q, RhT, RwT, rel_h, rel_w)
     return rel_h, rel_w

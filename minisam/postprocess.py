@@ -30,7 +30,8 @@ from typing import Tuple
 
 import numpy as np
 
-from ._numba import njit, prange
+from ._numba import njit
+from .threads import parallel_for
 
 
 def source_indices(in_size: int, out_size: int):  # -> i0 [out], i1 [out], l0 [out], l1 [out]
@@ -63,10 +64,10 @@ def resize_bilinear_numpy(x, size: Tuple[int, int]):  # [..., h, w] -> [..., H, 
     return (rows[..., y0, :] * a0[:, None] + rows[..., y1, :] * a1[:, None]).astype(np.float32)  # [..., H, W]
 
 
-@njit(parallel=True)
-def _resize_kernel(x, y0, y1, a0, a1, x0, x1, b0, b1, out):  # [P, h, w], per-axis tables, [P, H, W]
+@njit
+def _resize_kernel(lo, hi, x, y0, y1, a0, a1, x0, x1, b0, b1, out):  # output rows [lo, hi); [P, h, w], tables, [P, H, W]
     P, H, W = out.shape
-    for r in prange(P * H):
+    for r in range(lo, hi):
         pl = r // H
         oy = r % H
         ry0 = y0[oy]
@@ -86,7 +87,7 @@ def resize_bilinear(x, size: Tuple[int, int]):  # [..., h, w] float32 -> [..., H
     x0, x1, b0, b1 = source_indices(w, W)
     planes = x.reshape(-1, h, w)  # [P, h, w]
     out = np.empty((planes.shape[0], H, W), np.float32)  # [P, H, W]
-    _resize_kernel(planes, y0, y1, a0, a1, x0, x1, b0, b1, out)
+    parallel_for(_resize_kernel, out.shape[0] * H, planes, y0, y1, a0, a1, x0, x1, b0, b1, out)
     return out.reshape(lead + (H, W))
 
 

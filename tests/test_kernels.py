@@ -131,3 +131,54 @@ def test_erf_rational_accuracy():
     ref = np.array([math.erf(v) for v in x.astype(np.float64)])
     assert np.max(np.abs(got[0] - ref)) < 5e-7
     assert got[0, -2] == 1.0 and got[0, -1] == -1.0
+
+
+def test_thread_count_does_not_change_a_bit():
+    """parallel_for splits tasks in contiguous chunks; each task's arithmetic is the same,
+    so 1, 2 and 3 threads give bit-identical outputs for every kernel."""
+    from minisam.threads import get_num_threads, set_num_threads
+    rng = np.random.default_rng(0)
+    x = _arr(rng, (300, 70), 3.0)                                        # [R, C], several row blocks
+    w, b = _arr(rng, 70), _arr(rng, 70)
+    q, k, v = _arr(rng, (7, 36, 8)), _arr(rng, (7, 36, 8)), _arr(rng, (7, 36, 8))   # [N, T, hd]
+    rh, rw = _arr(rng, (7, 36, 6)), _arr(rng, (7, 36, 6))               # [N, T, kh], [N, T, kw]
+
+    def run_all():
+        return [K.layer_norm(x, w, b), K.gelu(x, b), K.softmax(x), K.add_layer_norm(x.copy(), x, w, b)[0],
+                K.softmax_rel_pos_(x[:252, :36].copy(), rh.reshape(-1, 6), rw.reshape(-1, 6)),
+                K.attention_rel_pos(q, k, v, rh, rw)]
+
+    before = get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            set_num_threads(n)
+            outs.append(run_all())
+    finally:
+        set_num_threads(before)
+    for got in outs[1:]:
+        for a, ref in zip(got, outs[0]):
+            assert np.array_equal(a, ref)
+
+
+def test_parallel_for_raises_what_a_task_raises():
+    from minisam.threads import get_num_threads, parallel_for, set_num_threads
+
+    def kernel(lo, hi, out):
+        if lo > 0:
+            raise ValueError(f"task chunk {lo}-{hi}")
+        out[lo:hi] = 1
+
+    before = get_num_threads()
+    set_num_threads(2)
+    try:
+        out = np.zeros(10)
+        try:
+            parallel_for(kernel, 10, out)
+        except ValueError as exc:
+            assert "task chunk 5-10" in str(exc)
+        else:
+            raise AssertionError("the error of the second chunk was lost")
+        assert out[:5].sum() == 5          # the first chunk ran on the calling thread
+    finally:
+        set_num_threads(before)

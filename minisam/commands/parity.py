@@ -153,33 +153,12 @@ def _official(cfg, params_flat, device_choice: str):
 
 
 def _run_official(model, image):
-    import torch
     from segment_anything import SamPredictor as OfficialPredictor
-
-    def record(fn):
-        trace, counts, handles = {}, {}, []
-        for name, mod in model.named_modules():
-            if not name:
-                continue
-
-            def hook(_m, _i, out, key=name):
-                n = counts.get(key, 0)
-                counts[key] = n + 1
-                conv = (lambda t: t.detach().float().cpu().numpy())
-                trace[key if n == 0 else f"{key}#{n}"] = tuple(conv(o) for o in out) \
-                    if isinstance(out, (tuple, list)) else conv(out)
-            handles.append(mod.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                result = fn()
-        finally:
-            for h in handles:
-                h.remove()
-        return result, trace
+    from ..torch_ref import record
 
     op = OfficialPredictor(model)
-    return _run(op, image, lambda img: record(lambda: op.set_image(img))[1],
-                lambda kw: record(lambda: op.predict(**kw)))
+    return _run(op, image, lambda img: record(model, lambda: op.set_image(img))[1],
+                lambda kw: record(model, lambda: op.predict(**kw)))
 
 
 def _run_minisam(sam, image):

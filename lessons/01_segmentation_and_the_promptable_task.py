@@ -101,7 +101,7 @@ c = sam.config
 stages = [
     ("image (uint8)", scene.image.shape),
     ("preprocess: resize, normalize, pad", x.shape),
-    ("patch embedding (conv 16x16 / 16)", trace.get("image_encoder.patch_embed", np.empty(0)).shape),
+    (f"patch embedding (conv {c.patch_size}x{c.patch_size} / {c.patch_size})", trace.get("image_encoder.patch_embed", np.empty(0)).shape),
     (f"{c.encoder_depth} ViT blocks (windowed + global attention)",
      trace.get(f"image_encoder.blocks.{c.encoder_depth - 1}", np.empty(0)).shape),
     ("neck -> image embedding", embedding.shape),

@@ -1,7 +1,7 @@
 """Lesson 02: from a photo to a grid of patch tokens.
 
 SAM's image encoder sees one fixed input: an S x S float image (S = 1024 for the official
-models, 256 for minisam's micro model). Any photo gets there in three steps (Kirillov et al.
+models, 128 for minisam's micro model). Any photo gets there in three steps (Kirillov et al.
 2023, appendix A; official ``utils/transforms.py`` and ``modeling/sam.py``; minisam
 ``minisam/transforms.py``):
 
@@ -11,8 +11,8 @@ models, 256 for minisam's micro model). Any photo gets there in three steps (Kir
 3. pad with zeros on the bottom and right up to S x S -- zeros *after* normalization, so
    the padding looks like an "average grey" pixel to the network.
 
-Then the ViT cuts the square into P x P patches (P = 16) and maps each patch to a D-dim
-token with one linear layer (a stride-P conv is exactly that), and adds a learned absolute
+Then the ViT cuts the square into P x P patches (P = 16 for the official models, 8 for
+micro) and maps each patch to a D-dim token with one linear layer (a stride-P conv is exactly that), and adds a learned absolute
 position embedding per grid cell. This lesson runs the real minisam code with the model's
 own weights (``--model micro`` by default, ``--model vit_b`` / ``--checkpoint PATH`` for
 the official ones) on a wide crop of a synthetic scene, and draws each step.

@@ -2,7 +2,7 @@
 the model it runs on.
 
 By default a lesson runs on ``micro``, minisam's small SAM trained on synthetic shapes and
-shipped in ``weights/`` (offline, a few MB, 256x256 inputs). With the official weights,
+shipped in ``weights/`` (offline, a few MB, 128x128 inputs). With the official weights,
 ``--model vit_b`` (after ``minisam weights download vit_b``) or ``--checkpoint PATH`` runs the
 same lesson on the real thing, only slower.
 """

@@ -102,8 +102,8 @@ def _registered(name: str, checkpoint: Optional[PathLike]):
 def build_sam_micro(checkpoint: Optional[PathLike] = None):
     """minisam's small model for synthetic shapes (shipped in ``weights/``; offline default).
 
-    Until it is trained (issue 7), the shipped file is an untrained placeholder; a warning
-    says so, so that nobody mistakes its masks for what SAM does.
+    The registry marks whether the shipped file is trained; an untrained placeholder (as in
+    early versions) raises a warning, so that nobody mistakes its masks for what SAM does.
     """
     from . import weights
     if checkpoint is None and not weights.entry("micro").get("trained", True):

@@ -106,11 +106,12 @@ VIT_L = SamConfig(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16
 VIT_H = SamConfig(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
                   encoder_global_attn_indexes=(7, 15, 23, 31))
 # minisam's own small model (weights/microsam_shapes.pth, trained by `minisam train-micro`):
-# a 6-block ViT on 256x256 inputs (16x16 patches -> a 16x16 grid), windows of 8 with two
+# a 6-block ViT on 128x128 inputs (8x8 patches -> a 16x16 grid, so the 64x64 low-res masks
+# are half the input side rather than a quarter: finer edges for shapes), windows of 8 with two
 # global blocks, and a 96-wide prompt encoder/decoder with the official 8 heads (so that
 # build_sam needs no override: the head count is the one size no tensor shape shows).
 MICRO = SamConfig(encoder_embed_dim=160, encoder_depth=6, encoder_num_heads=5,
-                  encoder_global_attn_indexes=(2, 5), img_size=256, patch_size=16, window_size=8,
+                  encoder_global_attn_indexes=(2, 5), img_size=128, patch_size=8, window_size=8,
                   prompt_embed_dim=96, mask_in_chans=16, decoder_depth=2, decoder_mlp_dim=384,
                   decoder_num_heads=8, iou_head_hidden_dim=96)
 PRESETS = {"vit_b": VIT_B, "vit_l": VIT_L, "vit_h": VIT_H, "micro": MICRO}

@@ -56,12 +56,14 @@ def test_batched_decoder_equals_official_mask_decoder():
 
 def test_train_micro_cli_few_steps(tmp_path):
     out = tmp_path / "run"
+    # step 1 supervises the first prompt only, step 2 runs the 11 interactive rounds
     res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "2", "--out", str(out),
-                          "--batch-images", "1", "--masks-per-image", "2", "--val-every", "2",
+                          "--single-round-steps", "1", "--batch-images", "1", "--masks-per-image", "2", "--val-every", "2",
                           "--threads", "1", "--no-progress"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     log = json.loads((out / "train_log.json").read_text())
     assert len(log["history"]) == 2 and np.isfinite(log["history"][-1]["loss"])
+    assert log["single_round_steps"] == 1
     assert "val_point_iou" in log["history"][-1]
     from minisam import build_sam
     assert build_sam(out / "microsam_shapes.pth").config == MICRO_CONFIG

@@ -7,14 +7,17 @@ def add_parser(sub):
     p = sub.add_parser("train-micro", help="train the small SAM on synthetic shapes (needs torch)",
                        description="Train a SAM-architecture model at a small configuration on synthetic "
                                    "shapes with the paper's recipe; writes microsam_shapes.pth and train_log.json.")
-    p.add_argument("--steps", type=int, default=800, help="optimizer steps (default 800, the shipped model)")
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000, the shipped model)")
+    p.add_argument("--single-round-steps", type=int, default=3600,
+                   help="curriculum: the first N steps supervise the initial prompt only; the rest run all 11 "
+                        "interactive rounds (default 3600, the shipped model)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-images", type=int, default=4)
     p.add_argument("--masks-per-image", type=int, default=6)
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--evaluate", type=int, default=0, metavar="N",
                    help="after training, evaluate on N held-out scenes with minisam (no torch)")
@@ -29,6 +32,8 @@ def run(args) -> int:
     from ..errors import MinisamError
     if args.steps < 1:
         raise MinisamError("--steps must be at least 1")
+    if args.single_round_steps < 0:
+        raise MinisamError("--single-round-steps must be >= 0")
     try:
         import torch  # noqa: F401
         import segment_anything  # noqa: F401
@@ -38,7 +43,7 @@ def run(args) -> int:
     from ..train_micro import evaluate, train
     result = train(args.steps, args.out, seed=args.seed, batch_images=args.batch_images,
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
-                   val_every=args.val_every, threads=args.threads, progress=not args.no_progress)
+                   val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps, progress=not args.no_progress)
     print(f"checkpoint: {result['checkpoint']}")
     if args.evaluate:
         from ..build import build_sam

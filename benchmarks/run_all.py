@@ -49,6 +49,14 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = ap.parse_args()
     sections, summary = [], []
+
+    def write():   # after every benchmark, so an interrupted run keeps what it measured
+        head = (f"# Benchmark results\n\nWritten by `python benchmarks/run_all.py` on "
+                f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: {cpu_name()}, "
+                f"{os.cpu_count()} CPUs, Python {platform.python_version()}.\n\n## Summary\n\n")
+        with open(args.out, "w") as f:
+            f.write(head + "\n".join(summary) + "\n\n" + "\n".join(sections))
+
     for name in args.only:
         cmd = [sys.executable, os.path.join(HERE, BENCHMARKS[name][0]), *BENCHMARKS[name][1:]]
         print(f"running {' '.join(os.path.relpath(c) if c.endswith('.py') else c for c in cmd[1:])} ...", flush=True)
@@ -63,11 +71,7 @@ def main() -> int:
         sections.append(f"## {name}\n\n`{shown}` ({took:.0f} s)\n\n```\n{res.stdout.rstrip()}\n```\n")
         summary += [f"- {name}: {line.strip()}" for line in res.stdout.splitlines() if SUMMARY.search(line)]
         print(f"  done in {took:.0f} s", flush=True)
-    head = (f"# Benchmark results\n\nWritten by `python benchmarks/run_all.py` on "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: {cpu_name()}, "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}.\n\n## Summary\n\n")
-    with open(args.out, "w") as f:
-        f.write(head + "\n".join(summary) + "\n\n" + "\n".join(sections))
+        write()
     print(f"wrote {os.path.relpath(args.out)}")
     return 0
 

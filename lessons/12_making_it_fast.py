@@ -121,7 +121,7 @@ def v1_vectorized(q, k, v, rel_h, rel_w):
 
 ladder = [("v0 naive loops", v0_naive), ("v1 vectorized NumPy", v1_vectorized),
           ("v2 Numba fused", attention_rel_pos), ("v3 blocked BLAS", v3_blocked)]
-reference = attention_rel_pos_numpy(q, k, v, rel_h, rel_w)       # [N, T, hd] the tests' twin (float64 softmax)
+reference = attention_rel_pos_numpy(q, k, v, rel_h, rel_w)       # [N, T, hd] the tests' twin (float64 throughout)
 times = {}
 for name, fn in ladder:
     out = fn(q, k, v, rel_h, rel_w)

@@ -391,16 +391,19 @@ def softmax_rel_pos_(attn, rel_h, rel_w):
 # --------------------------------------------------------------------------- small-window attention
 
 def attention_rel_pos_numpy(q, k, v, rel_h, rel_w):
-    """NumPy twin: softmax(q k^T + rel-pos) v for a batch of small attention calls.
+    """NumPy twin: softmax(q k^T + rel-pos) v for a batch of small attention calls, in float64.
 
     q [N, T, hd] ALREADY SCALED, k, v [N, T, hd], rel_h [N, T, kh], rel_w [N, T, kw] with
-    T = kh * kw -> [N, T, hd].
+    T = kh * kw -> [N, T, hd] (float32 out).
     """
     N, T, hd = q.shape
-    scores = np.matmul(q, k.transpose(0, 2, 1))                          # [N, T, T]
-    probs = softmax_rel_pos_numpy(scores.reshape(N * T, T), rel_h.reshape(N * T, -1),
-                                  rel_w.reshape(N * T, -1)).reshape(N, T, T)
-    return np.matmul(probs, v).astype(np.float32)                        # [N, T, hd]
+    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+    q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))
+    scores = np.matmul(q64, k64.transpose(0, 2, 1)).reshape(N, T, kh, kw)                     # [N, T, kh, kw]
+    scores = scores + np.asarray(rel_h, np.float64)[..., :, None] + np.asarray(rel_w, np.float64)[..., None, :]
+    scores = scores.reshape(N, T, T)                                                          # [N, T, T]
+    e = np.exp(scores - scores.max(-1, keepdims=True))                                        # [N, T, T]
+    return np.matmul(e / e.sum(-1, keepdims=True), v64).astype(np.float32)                   # [N, T, hd]
 
 
 @njit

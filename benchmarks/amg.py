@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (answer, ask, describe_minisam, fmt_times, header, photo, rss_mb,  # noqa: E402
+from common import (add_worker_args, answer, ask, describe_minisam, fmt_times, header, photo, rss_mb,  # noqa: E402
                     save_random_vit_b, start_worker, stop, timed, worker_env)
 
 SETTINGS = dict(pred_iou_thresh=0.0, stability_score_thresh=0.2, stability_score_offset=0.05, box_nms_thresh=1.0)
@@ -74,12 +74,8 @@ def main() -> None:
     ap.add_argument("--points-per-batch", type=int, default=64)
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed generate calls per side (median reported)")
-    ap.add_argument("--threads", type=int, default=None, help="threads for both sides (default: all cores)")
-    ap.add_argument("--keep-blas-env", action="store_true",
-                    help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in the minisam worker")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--worker", choices=["official", "minisam"], help=argparse.SUPPRESS)
-    ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    add_worker_args(ap, workers=("official", "minisam"))
     a = ap.parse_args()
     if a.worker:
         worker(a)

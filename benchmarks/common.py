@@ -101,6 +101,17 @@ def describe_minisam(info: dict) -> list:
 
 # --------------------------------------------------------------------------- workers
 
+def add_worker_args(ap, workers=("minisam", "official", "prepare")) -> None:
+    """The options every side-by-side benchmark shares: threads, BLAS env, and the hidden
+    worker-mode flags the parent passes to its worker subprocesses."""
+    import argparse
+    ap.add_argument("--threads", type=int, default=None, help="BLAS/kernel/torch threads (default: all cores)")
+    ap.add_argument("--keep-blas-env", action="store_true",
+                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the minisam worker (default: unset)")
+    ap.add_argument("--worker", choices=list(workers), help=argparse.SUPPRESS)
+    ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
+
+
 def worker_env(side: str, threads=None, keep_blas_env: bool = False) -> dict:
     """Environment of a worker: thread counts, and the minisam worker without OPENBLAS_* unless kept."""
     env = dict(os.environ)

@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ROOT, answer, ask, describe_minisam, fmt_times, header, load_average,  # noqa: E402
+from common import (add_worker_args, ROOT, answer, ask, describe_minisam, fmt_times, header, load_average,  # noqa: E402
                     load_official_vit_b, minisam_env_info, numpy_gemm_gflops, rss_mb, save_random_vit_b,
                     start_worker, stop, synthetic_image, timed, torch_gemm_gflops, worker_env)
 
@@ -101,11 +101,7 @@ def serve(side: str, checkpoint: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="BLAS/Numba/torch threads (default: all cores)")
-    ap.add_argument("--keep-blas-env", action="store_true",
-                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the minisam worker (default: unset)")
-    ap.add_argument("--worker", choices=["minisam", "official", "prepare"], help=argparse.SUPPRESS)
-    ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    add_worker_args(ap)
     args = ap.parse_args(argv)
     if args.worker == "prepare":
         save_random_vit_b(args.checkpoint)

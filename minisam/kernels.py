@@ -398,9 +398,9 @@ def attention_rel_pos_numpy(q, k, v, rel_h, rel_w):
     """
     N, T, hd = q.shape
     kh, kw = rel_h.shape[-1], rel_w.shape[-1]
-    q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))
+    q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))                          # [N, T, hd] each
     scores = np.matmul(q64, k64.transpose(0, 2, 1)).reshape(N, T, kh, kw)                     # [N, T, kh, kw]
-    scores = scores + np.asarray(rel_h, np.float64)[..., :, None] + np.asarray(rel_w, np.float64)[..., None, :]
+    scores = scores + np.asarray(rel_h, np.float64)[..., :, None] + np.asarray(rel_w, np.float64)[..., None, :]  # [N, T, kh, kw]
     scores = scores.reshape(N, T, T)                                                          # [N, T, T]
     e = np.exp(scores - scores.max(-1, keepdims=True))                                        # [N, T, T]
     return np.matmul(e / e.sum(-1, keepdims=True), v64).astype(np.float32)                   # [N, T, hd]

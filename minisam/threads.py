@@ -74,9 +74,11 @@ def parallel_for(kernel: Callable, n_tasks: int, *args) -> None:
     futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
     try:
         kernel(bounds[0], bounds[1], *args)
-    finally:
-        for f in futures:
-            f.result()
+    finally:   # every chunk finishes before we return or raise; the calling thread's error wins
+        errors = [f.exception() for f in futures]
+    for err in errors:
+        if err is not None:
+            raise err
 
 
 def set_num_threads(n: Optional[int] = None) -> int:

@@ -200,7 +200,7 @@ def iou_mse_loss(iou_pred, logits, targets, grad: bool = False):
 
 
 def sam_loss(logits, iou_pred, target, grad: bool = False, focal_weight: float = FOCAL_WEIGHT,
-             dice_weight: float = DICE_WEIGHT, iou_weight: float = IOU_WEIGHT
+             dice_weight: float = DICE_WEIGHT, iou_weight: float = IOU_WEIGHT, iou_outputs: str = "best"
              ) -> Union[Tuple[float, int], Tuple[float, int, np.ndarray, np.ndarray]]:
     r"""The paper's loss for the K outputs of one prompt: ``(total, index)``.
 
@@ -210,6 +210,10 @@ def sam_loss(logits, iou_pred, target, grad: bool = False, focal_weight: float =
     2. ``index = argmin_k`` of it: only the best output is supervised, so the three outputs
        are free to cover the three plausible objects of an ambiguous click;
     3. ``total = mask_loss[index] + 1.0 * (iou_pred[index] - IoU(logits[index] > 0, target))^2``.
+
+    ``iou_outputs="all"`` supervises the IoU head on every output instead (the mean over K of
+    the squared errors, SAM 2's ``supervise_all_iou``): with the best output alone, the head
+    never sees a poor mask and cannot learn to rank the three, which is its job at inference.
 
     With ``grad=True`` returns ``(total, index, dlogits [K, H, W], diou_pred [K])``: both are
     zero everywhere except at ``index`` (the min picks one branch, and argmin itself has zero
@@ -232,15 +236,17 @@ def sam_loss(logits, iou_pred, target, grad: bool = False, focal_weight: float =
         (focal, dfocal), (dice, ddice) = focal, dice
     mask_loss = focal_weight * focal + dice_weight * dice        # [K]
     index = int(np.argmin(mask_loss))
-    chosen = slice(index, index + 1)
-    iou = iou_mse_loss(iou_pred[chosen], logits[chosen], targets[chosen], grad=grad)
+    if iou_outputs not in ("best", "all"):
+        raise LossInputError(f"sam_loss: iou_outputs must be 'best' or 'all', got {iou_outputs!r}")
+    chosen = slice(index, index + 1) if iou_outputs == "best" else slice(None)
+    iou = iou_mse_loss(iou_pred[chosen], logits[chosen], targets[chosen], grad=grad)   # [1] or [K]
     if grad:
         iou, diou = iou
-    total = float(mask_loss[index] + iou_weight * iou[0])
+    total = float(mask_loss[index] + iou_weight * iou.mean())
     if not grad:
         return total, index
     dlogits = np.zeros_like(logits)                              # [K, H, W]
     dlogits[index] = focal_weight * dfocal[index] + dice_weight * ddice[index]  # [H, W]
     diou_pred = np.zeros_like(iou_pred)                          # [K]
-    diou_pred[index] = iou_weight * diou[0]
+    diou_pred[chosen] = iou_weight * diou / len(diou)
     return total, index, dlogits, diou_pred

@@ -137,7 +137,7 @@ def test_known_values():
     np.testing.assert_allclose(dice_loss(-big[:1], targets[:1]), [0.5])
 
 
-def torch_sam_loss(logits, iou_pred, target):
+def torch_sam_loss(logits, iou_pred, target, iou_outputs="best"):
     """The paper's recipe written directly in torch (SAM 2 trainer style), autograd for grads."""
     x = torch.tensor(logits, requires_grad=True)                  # [K, H, W]
     iou = torch.tensor(iou_pred, requires_grad=True)              # [K]
@@ -146,11 +146,14 @@ def torch_sam_loss(logits, iou_pred, target):
     mask_loss = 20 * focal + torch_dice(x, t)                     # [K]
     index = int(torch.argmin(mask_loss))
     with torch.no_grad():
-        pred = x[index] > 0
-        gt = t[index] > 0.5
+        pred = x > 0                                              # [K, H, W]
+        gt = t > 0.5
         # int / int is float32 in torch: cast first so the reference stays float64
-        actual = (pred & gt).sum().double() / torch.clamp((pred | gt).sum(), min=1).double()
-    total = mask_loss[index] + (iou[index] - actual) ** 2
+        actual = (pred & gt).flatten(1).sum(1).double() / torch.clamp((pred | gt).flatten(1).sum(1), min=1).double()
+    if iou_outputs == "best":
+        total = mask_loss[index] + (iou[index] - actual[index]) ** 2
+    else:   # SAM 2's supervise_all_iou: the mean squared error over the K outputs
+        total = mask_loss[index] + ((iou - actual) ** 2).mean()
     total.backward()
     torch_sam_loss.mask_loss = mask_loss.detach().numpy()
     return float(total.detach()), index, x.grad.numpy(), iou.grad.numpy()
@@ -160,15 +163,16 @@ def torch_sam_loss(logits, iou_pred, target):
 @given(st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 4]), st.integers(1, 12), st.integers(1, 12),
        st.sampled_from([1.0, 5.0, 100.0]))
 @example(seed=0, k=3, h=1, w=1, scale=100.0)  # a float64 tie between perfect outputs (found by hypothesis)
-def test_sam_loss_matches_torch_recipe(seed, k, h, w, scale):
+@pytest.mark.parametrize("iou_outputs", ["best", "all"])
+def test_sam_loss_matches_torch_recipe(iou_outputs, seed, k, h, w, scale):
     rng = np.random.default_rng(seed)
     target = (rng.random((h, w)) < rng.uniform(0.05, 0.95)).astype(np.float64)  # [H, W]
     # outputs of varied quality: some near the target, some noise, some inverted
     signs = np.where(target > 0, 1.0, -1.0)                       # [H, W]
     logits = np.stack([rng.normal(rng.uniform(-1, 1), 1, (h, w)) * scale * signs for _ in range(k)])
     iou_pred = rng.uniform(0, 1, k)
-    total, index, dlogits, diou = sam_loss(logits, iou_pred, target, grad=True)
-    ref_total, ref_index, ref_dlogits, ref_diou = torch_sam_loss(logits, iou_pred, target)
+    total, index, dlogits, diou = sam_loss(logits, iou_pred, target, grad=True, iou_outputs=iou_outputs)
+    ref_total, ref_index, ref_dlogits, ref_diou = torch_sam_loss(logits, iou_pred, target, iou_outputs)
     if index != ref_index:
         # A tie in float64: with |logits| ~ 100 several outputs can be perfect, and torchvision's
         # 1 - p_t rounds to exactly 0 where minisam keeps e^-100-sized terms, so the two argmins
@@ -181,7 +185,7 @@ def test_sam_loss_matches_torch_recipe(seed, k, h, w, scale):
     close(total, ref_total, "sam_loss total")
     close(dlogits, ref_dlogits, "sam_loss dlogits")
     close(diou, ref_diou, "sam_loss diou_pred")
-    assert sam_loss(logits, iou_pred, target) == (total, index)
+    assert sam_loss(logits, iou_pred, target, iou_outputs=iou_outputs) == (total, index)
 
 
 def test_sam_loss_picks_the_best_output_and_only_supervises_it():
@@ -195,6 +199,23 @@ def test_sam_loss_picks_the_best_output_and_only_supervises_it():
     np.testing.assert_allclose(diou[1], 2 * (0.2 - 1.0))          # IoU of the right mask is 1
     assert total == pytest.approx(20 * sigmoid_focal_loss(good[None], target[None])[0]
                                   + dice_loss(good[None], target[None])[0] + 0.8 ** 2)
+
+
+def test_sam_loss_all_outputs_supervises_every_iou_score():
+    """iou_outputs="all": the IoU head sees the wrong and unsure masks too, the mask loss does not."""
+    target = np.zeros((8, 8))
+    target[2:6, 2:6] = 1
+    good = np.where(target > 0, 8.0, -8.0)
+    logits = np.stack([-good, good, np.zeros_like(good)])         # [3, 8, 8]: wrong, right, unsure
+    iou_pred = np.array([0.9, 0.2, 0.5])
+    total, index, dlogits, diou = sam_loss(logits, iou_pred, target, grad=True, iou_outputs="all")
+    assert index == 1 and not dlogits[[0, 2]].any()
+    # actual IoUs: 0 (inverted), 1 (right), 0 (logit 0 is not > 0: empty mask)
+    np.testing.assert_allclose(diou, 2 * (iou_pred - [0.0, 1.0, 0.0]) / 3)
+    assert total == pytest.approx(20 * sigmoid_focal_loss(good[None], target[None])[0]
+                                  + dice_loss(good[None], target[None])[0] + (0.81 + 0.64 + 0.25) / 3)
+    with pytest.raises(LossInputError, match="iou_outputs"):
+        sam_loss(logits, iou_pred, target, iou_outputs="first")
 
 
 def test_sam_loss_gradient_by_finite_differences():

@@ -17,8 +17,9 @@ from minisam.train_micro import MICRO_CONFIG, _predict_masks, sam_loss_torch
 from conftest import official_model
 
 
+@pytest.mark.parametrize("iou_outputs", ["best", "all"])
 @pytest.mark.parametrize("M", [1, 3])
-def test_torch_loss_equals_minisam_losses(M):
+def test_torch_loss_equals_minisam_losses(M, iou_outputs):
     rng = np.random.default_rng(M)
     K, H, W = 5, 24, 20
     logits = rng.normal(0, 4, (K, M, H, W))
@@ -26,8 +27,9 @@ def test_torch_loss_equals_minisam_losses(M):
     logits[1, -1, :2] = -100.0
     iou = rng.normal(0.5, 0.3, (K, M))
     targets = (rng.random((K, H, W)) < 0.3).astype(np.float64)
-    got, index = sam_loss_torch(torch.from_numpy(logits), torch.from_numpy(iou), torch.from_numpy(targets))
-    ref = [sam_loss(logits[k], iou[k], targets[k]) for k in range(K)]
+    got, index = sam_loss_torch(torch.from_numpy(logits), torch.from_numpy(iou), torch.from_numpy(targets),
+                                iou_outputs)
+    ref = [sam_loss(logits[k], iou[k], targets[k], iou_outputs=iou_outputs) for k in range(K)]
     assert index.tolist() == [r[1] for r in ref]
     # float64: the torch recipe forms 1 - p_t from torch.sigmoid, which cancels to ~1e-16
     # absolute for confident pixels (|logit| = 100 here) where minisam uses exp(-|x|); summed over

@@ -8,13 +8,16 @@ def add_parser(sub):
                        description="Train a SAM-architecture model at a small configuration on synthetic "
                                    "shapes with the paper's recipe; writes microsam_shapes.pth and train_log.json.")
     p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000, the shipped model)")
-    p.add_argument("--single-round-steps", type=int, default=3600,
-                   help="curriculum: the first N steps supervise the initial prompt only; the rest run all 11 "
-                        "interactive rounds (default 3600, the shipped model)")
+    p.add_argument("--single-round-steps", type=int, default=4600,
+                   help="curriculum: the first N steps supervise the initial prompt only (a point and a box "
+                        "per target); the rest run all 11 interactive rounds (default 4600, the shipped model)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-images", type=int, default=4)
-    p.add_argument("--masks-per-image", type=int, default=6)
+    p.add_argument("--masks-per-image", type=int, default=8)
+    p.add_argument("--iou-outputs", choices=["all", "best"], default="all",
+                   help="train the IoU head on all three outputs (SAM 2's supervise_all_iou, default) "
+                        "or on the supervised one only")
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--val-every", type=int, default=500)
@@ -43,7 +46,8 @@ def run(args) -> int:
     from ..train_micro import evaluate, train
     result = train(args.steps, args.out, seed=args.seed, batch_images=args.batch_images,
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
-                   val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps, progress=not args.no_progress)
+                   val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps,
+                   iou_outputs=args.iou_outputs, progress=not args.no_progress)
     print(f"checkpoint: {result['checkpoint']}")
     if args.evaluate:
         from ..build import build_sam

@@ -203,7 +203,8 @@ class SamAutomaticMaskGenerator:
         labels = np.ones((points.shape[0], 1), dtype=np.int64)  # [P, 1] all foreground
         sparse, dense = model.prompt_encoder(points=(coords, labels))  # [P, 2, C], [P, C, G, G]
         return model.mask_decoder(self.predictor.features, model.get_dense_pe(), sparse, dense,
-                                  multimask_output=True)  # [P, K, M, M], [P, K]
+                                  multimask_output=True,
+                                  image_cache=self.predictor._image_cache())  # [P, K, M, M], [P, K]
 
     def _process_batch(self, points: np.ndarray, crop_size, crop_box, orig_size) -> MaskData:
         orig_h, orig_w = orig_size

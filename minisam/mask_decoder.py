@@ -100,12 +100,18 @@ def output_upscaling(p, src, trace=None):  # [B, G, G, C] channels-last -> [B, 4
 _UPSCALE_CHUNK = 4  # prompts upscaled at a time: ~32 MB of intermediates each, not B x 8 MB
 
 
-def predict_masks(p, cfg, image_embeddings, image_pe, sparse, dense, trace=None):
+def predict_masks(p, cfg, image_embeddings, image_pe, sparse, dense, trace=None, image_cache=None):
     """``MaskDecoder.predict_masks``: all K masks and K IoU scores.
 
     image_embeddings [1, C, G, G], image_pe [1, C, G, G], sparse [B, Ns, C], dense [B, C, G, G]
     -> (masks [B, K, M, M], iou [B, K]).
+    ``image_cache``: a dict the caller keeps for this image and clears when the image changes,
+    passed only when ``dense`` is the no-mask embedding (every prompt has the same one); what
+    depends on the image alone is then computed on the first call only (see
+    :func:`minisam.transformer.image_side_projections`). Ignored when tracing.
     """
+    if trace is not None:
+        image_cache = None
     K = cfg.num_mask_tokens
     output_tokens = np.concatenate([p["iou_token"]["weight"], p["mask_tokens"]["weight"]], axis=0)  # [1+K, C]
     B = sparse.shape[0]
@@ -117,7 +123,11 @@ def predict_masks(p, cfg, image_embeddings, image_pe, sparse, dense, trace=None)
     # so one copy of the image tokens serves all prompts until layer 0's image-to-token
     # attention; the traced path keeps the official [B, ...] layout.
     pos_src = image_pe  # [1, C, G, G], broadcast over the prompts
-    if trace is None and B > 1 and dense.strides[0] == 0:
+    if image_cache is not None:
+        if "src" not in image_cache:
+            image_cache["src"] = image_embeddings + dense[:1]  # [1, C, G, G]
+        src = image_cache["src"]  # [1, C, G, G]
+    elif trace is None and B > 1 and dense.strides[0] == 0:
         src = image_embeddings + dense[:1]  # [1, C, G, G]
     else:
         src = np.repeat(image_embeddings, B, axis=0) + dense  # [B, C, G, G]
@@ -125,7 +135,8 @@ def predict_masks(p, cfg, image_embeddings, image_pe, sparse, dense, trace=None)
             pos_src = np.repeat(image_pe, B, axis=0)  # [B, C, G, G]
     _, C, G, _ = src.shape
 
-    hs, src = two_way_transformer(p["transformer"], cfg, src, pos_src, tokens, trace)  # [B, T, C], [B, N, C]
+    hs, src = two_way_transformer(p["transformer"], cfg, src, pos_src, tokens, trace,
+                                  image_cache=image_cache)  # [B, T, C], [B, N, C]
     iou_token_out = hs[:, 0, :]  # [B, C]
     mask_tokens_out = hs[:, 1:1 + K, :]  # [B, K, C]
 
@@ -150,12 +161,14 @@ def predict_masks(p, cfg, image_embeddings, image_pe, sparse, dense, trace=None)
 
 
 def mask_decoder(p, cfg, image_embeddings, image_pe, sparse, dense, multimask_output: bool,
-                 trace: Optional[dict] = None) -> Tuple[np.ndarray, np.ndarray]:
+                 trace: Optional[dict] = None, image_cache=None) -> Tuple[np.ndarray, np.ndarray]:
     """``MaskDecoder.forward``: the three ambiguity masks (tokens 1..K-1) or the single mask (token 0).
 
     -> (low_res_masks [B, K', M, M], iou_predictions [B, K']) with K' = K-1 or 1.
+    ``image_cache``: see :func:`predict_masks`.
     """
-    masks, iou_pred = predict_masks(p, cfg, image_embeddings, image_pe, sparse, dense, trace)  # [B, K, M, M], [B, K]
+    masks, iou_pred = predict_masks(p, cfg, image_embeddings, image_pe, sparse, dense, trace,
+                                    image_cache)  # [B, K, M, M], [B, K]
     sel = slice(1, None) if multimask_output else slice(0, 1)
     masks = np.ascontiguousarray(masks[:, sel])  # [B, K', M, M]
     iou_pred = np.ascontiguousarray(iou_pred[:, sel])  # [B, K']

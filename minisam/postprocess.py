@@ -65,35 +65,94 @@ def resize_bilinear_numpy(x, size: Tuple[int, int]):  # [..., h, w] -> [..., H, 
 
 
 @njit
-def _resize_kernel(lo, hi, x, y0, y1, a0, a1, x0, x1, b0, b1, out):  # output rows [lo, hi); [P, h, w], tables, [P, H, W]
+def _resize_width_kernel(lo, hi, x, src_rows, x0, x1, b0, b1, rows):  # rows [lo, hi) of [P, n, W]; [P, h, w] in
+    """Width pass: each input row that the height pass will read, interpolated to W columns."""
+    P, n, W = rows.shape
+    for r in range(lo, hi):
+        plane = r // n
+        iy = src_rows[r % n]
+        dst = rows[plane, r % n]
+        for ox in range(W):
+            dst[ox] = x[plane, iy, x0[ox]] * b0[ox] + x[plane, iy, x1[ox]] * b1[ox]
+
+
+@njit
+def _resize_height_kernel(lo, hi, rows, y0, y1, a0, a1, out):  # output rows [lo, hi); [P, n, W] -> [P, H, W]
+    """Height pass: each output row blends two width-resized rows (a contiguous, SIMD loop)."""
     P, H, W = out.shape
     for r in range(lo, hi):
-        pl = r // H
+        plane = r // H
         oy = r % H
-        ry0 = y0[oy]
-        ry1 = y1[oy]
+        top = rows[plane, y0[oy]]
+        bot = rows[plane, y1[oy]]
+        wt = a0[oy]
+        wb = a1[oy]
+        dst = out[plane, oy]
         for ox in range(W):
-            top = x[pl, ry0, x0[ox]] * b0[ox] + x[pl, ry0, x1[ox]] * b1[ox]
-            bot = x[pl, ry1, x0[ox]] * b0[ox] + x[pl, ry1, x1[ox]] * b1[ox]
-            out[pl, oy, ox] = top * a0[oy] + bot * a1[oy]
+            dst[ox] = top[ox] * wt + bot[ox] * wb
+
+
+@njit
+def _resize_height_threshold_kernel(lo, hi, rows, y0, y1, a0, a1, threshold, out):  # -> bool [P, H, W]
+    """The height pass fused with ``> threshold``: the float masks are never written."""
+    P, H, W = out.shape
+    for r in range(lo, hi):
+        plane = r // H
+        oy = r % H
+        top = rows[plane, y0[oy]]
+        bot = rows[plane, y1[oy]]
+        wt = a0[oy]
+        wb = a1[oy]
+        dst = out[plane, oy]
+        for ox in range(W):
+            dst[ox] = top[ox] * wt + bot[ox] * wb > threshold
+
+
+def _resize_planes(x, ytab, xtab, threshold=None):  # [..., h, w] float32 -> [..., H, W] float32 (or bool)
+    """Separable bilinear resize with given per-axis tables (see :func:`source_indices`).
+
+    The value of every output pixel is ``a0 * (b0 * x[y0, x0] + b1 * x[y0, x1]) + a1 * (...)``
+    in float32, the same products and sums in the same order as PyTorch's kernel and as the
+    NumPy twin; the width pass is done once per *input* row that is read (h rows, not H), and
+    the height pass is a contiguous blend of two rows.
+    """
+    y0, y1, a0, a1 = ytab
+    x0, x1, b0, b1 = xtab
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    lead, (h, w) = x.shape[:-2], x.shape[-2:]
+    H, W = len(y0), len(x0)
+    planes = x.reshape(-1, h, w)  # [P, h, w]
+    src_rows = np.unique(np.concatenate([y0, y1]))  # [n] the input rows the output reads
+    ry0, ry1 = np.searchsorted(src_rows, y0), np.searchsorted(src_rows, y1)  # [H] each, into src_rows
+    rows = np.empty((planes.shape[0], len(src_rows), W), np.float32)  # [P, n, W]
+    parallel_for(_resize_width_kernel, rows.shape[0] * rows.shape[1], planes, src_rows, x0, x1, b0, b1, rows)
+    if threshold is None:
+        out = np.empty((planes.shape[0], H, W), np.float32)  # [P, H, W]
+        parallel_for(_resize_height_kernel, out.shape[0] * H, rows, ry0, ry1, a0, a1, out)
+    else:
+        out = np.empty((planes.shape[0], H, W), np.bool_)  # [P, H, W]
+        parallel_for(_resize_height_threshold_kernel, out.shape[0] * H, rows, ry0, ry1, a0, a1,
+                     np.float32(threshold), out)
+    return out.reshape(lead + (H, W))
 
 
 def resize_bilinear(x, size: Tuple[int, int]):  # [..., h, w] float32 -> [..., H, W] float32
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for float32 arrays."""
     H, W = int(size[0]), int(size[1])
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    lead, (h, w) = x.shape[:-2], x.shape[-2:]
-    y0, y1, a0, a1 = source_indices(h, H)
-    x0, x1, b0, b1 = source_indices(w, W)
-    planes = x.reshape(-1, h, w)  # [P, h, w]
-    out = np.empty((planes.shape[0], H, W), np.float32)  # [P, H, W]
-    parallel_for(_resize_kernel, out.shape[0] * H, planes, y0, y1, a0, a1, x0, x1, b0, b1, out)
-    return out.reshape(lead + (H, W))
+    return _resize_planes(x, source_indices(x.shape[-2], H), source_indices(x.shape[-1], W))
 
 
-def postprocess_masks(masks, input_size, original_size, img_size: int):  # [B, K, M, M] -> [B, K, H, W]
-    """``Sam.postprocess_masks``: upsample to the model input, crop the padding, resize to the original."""
-    full = resize_bilinear(masks, (img_size, img_size))  # [B, K, M, M] -> [B, K, S, S]
+def postprocess_masks(masks, input_size, original_size, img_size: int, threshold=None):  # [B, K, M, M] -> [B, K, H, W]
+    """``Sam.postprocess_masks``: upsample to the model input, crop the padding, resize to the original.
+
+    The crop is folded into the first resize (only the kept h_in x w_in pixels of the
+    img_size x img_size upsampling are computed: each output pixel depends only on its own
+    source indices, so the values are those of resize-then-crop). With ``threshold`` the
+    result is the boolean ``logits > threshold``, fused into the last pass.
+    """
     h, w = int(input_size[0]), int(input_size[1])
-    cropped = full[..., :h, :w]  # [B, K, h_in, w_in], the resized image without padding
-    return resize_bilinear(cropped, (int(original_size[0]), int(original_size[1])))  # [B, K, H, W]
+    ytab = tuple(t[:h] for t in source_indices(masks.shape[-2], img_size))  # rows [0, h_in) of the S x S upsampling
+    xtab = tuple(t[:w] for t in source_indices(masks.shape[-1], img_size))  # columns [0, w_in)
+    cropped = _resize_planes(masks, ytab, xtab)  # [B, K, M, M] -> [B, K, h_in, w_in]
+    H, W = int(original_size[0]), int(original_size[1])
+    return _resize_planes(cropped, source_indices(h, H), source_indices(w, W), threshold)  # [B, K, H, W]

@@ -56,10 +56,14 @@ class Sam:
         return _get_dense_pe(self.params["prompt_encoder"], self.config, trace)
 
     def mask_decoder(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                     multimask_output: bool, trace: Optional[dict] = None):
-        """-> (low_res_masks [B, K', M, M], iou_predictions [B, K'])."""
+                     multimask_output: bool, trace: Optional[dict] = None, image_cache: Optional[dict] = None):
+        """-> (low_res_masks [B, K', M, M], iou_predictions [B, K']).
+
+        ``image_cache`` (minisam only): see :func:`minisam.mask_decoder.predict_masks`.
+        """
         return _mask_decoder(self.params["mask_decoder"], self.config, image_embeddings, image_pe,
-                             sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output, trace)
+                             sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output, trace,
+                             image_cache)
 
     def preprocess(self, x):  # [(B,) 3, h, w] -> [(B,) 3, S, S] float32
         """Normalize with pixel mean/std (division, as the official code), zero-pad bottom/right."""
@@ -69,9 +73,14 @@ class Sam:
             return preprocess(x[None], self.config)[0]  # [3, h, w] -> [3, S, S]
         return preprocess(x, self.config)  # [B, 3, h, w] -> [B, 3, S, S]
 
-    def postprocess_masks(self, masks, input_size: Sequence[int], original_size: Sequence[int]):
-        """[B, K', M, M] logits -> [B, K', H, W] logits (upsample, crop the padding, resize)."""
-        return _postprocess_masks(masks, input_size, original_size, self.config.img_size)
+    def postprocess_masks(self, masks, input_size: Sequence[int], original_size: Sequence[int],
+                          threshold: Optional[float] = None):
+        """[B, K', M, M] logits -> [B, K', H, W] logits (upsample, crop the padding, resize).
+
+        ``threshold`` (minisam only) returns ``logits > threshold`` as bool instead, fused into
+        the last resize pass so the float masks are never stored.
+        """
+        return _postprocess_masks(masks, input_size, original_size, self.config.img_size, threshold)
 
     # ----------------------------------------------------------------- end to end
 

@@ -47,15 +47,18 @@ def _ln(x, p):  # [..., C] -> [..., C]
     return layer_norm(x, p["weight"], p["bias"], LN_EPS)
 
 
-def attention(p, q, k, v, num_heads: int, trace=None, name: str = ""):
+def attention(p, q, k, v, num_heads: int, trace=None, name: str = "", projected=None):
     """``Attention.forward``: project, split heads, softmax(q k^T / sqrt(d)) v, merge, project.
 
     q [B, Tq, C], k [B, Tk, C], v [B, Tk, C] -> [B, Tq, C]. Unlike the image encoder, the
     scale is applied *after* the q k^T product (``attn / math.sqrt(c_per_head)``).
+    ``projected`` may hold some of ``"q"``, ``"k"``, ``"v"`` already projected ([., ., Ci],
+    from :func:`image_side_projections`); the matching argument is then not used.
     """
-    q = linear(q, p["q_proj"])  # [B, Tq, C] -> [B, Tq, Ci]
-    k = linear(k, p["k_proj"])  # [B, Tk, C] -> [B, Tk, Ci]
-    v = linear(v, p["v_proj"])  # [B, Tk, C] -> [B, Tk, Ci]
+    projected = projected or {}
+    q = projected["q"] if "q" in projected else linear(q, p["q_proj"])  # [B, Tq, C] -> [B, Tq, Ci]
+    k = projected["k"] if "k" in projected else linear(k, p["k_proj"])  # [B, Tk, C] -> [B, Tk, Ci]
+    v = projected["v"] if "v" in projected else linear(v, p["v_proj"])  # [B, Tk, C] -> [B, Tk, Ci]
     if trace is not None:
         trace[name + ".q_proj"], trace[name + ".k_proj"], trace[name + ".v_proj"] = q, k, v
     # q or k/v may hold ONE image shared by all B prompts (batch 1): matmul broadcasts it.
@@ -91,13 +94,28 @@ def mlp_block(p, x, trace=None, name: str = ""):  # [B, T, C] -> [B, T, C]
     return out
 
 
+def image_side_projections(p, keys, key_pe):  # [1, N, C] x2 -> dict of [1, N, Ci]
+    """The three projections of layer 0 that read only the image tokens: the token-to-image
+    keys and values and the image-to-token queries. Before layer 0's image-to-token attention
+    the image tokens are the embedding plus the no-mask dense embedding, the same for every
+    prompt without a mask input, so a predictor computes these once per image (its
+    ``_image_cache``) instead of once per call: the same arithmetic on the same arrays, so the
+    outputs are bit for bit those of the uncached path."""
+    k_img = keys + key_pe  # [1, N, C]
+    return {"t2i": {"k": linear(k_img, p["cross_attn_token_to_image"]["k_proj"]),  # [1, N, Ci]
+                    "v": linear(keys, p["cross_attn_token_to_image"]["v_proj"])},  # [1, N, Ci]
+            "i2t": {"q": linear(k_img, p["cross_attn_image_to_token"]["q_proj"])}}  # [1, N, Ci]
+
+
 def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first_layer_pe: bool,
-                  trace=None, name: str = ""):
+                  trace=None, name: str = "", image_side=None):
     """``TwoWayAttentionBlock.forward``.
 
     queries [B, T, C], keys [B, N, C], query_pe [B, T, C], key_pe [B, N, C]
-    -> (queries [B, T, C], keys [B, N, C]).
+    -> (queries [B, T, C], keys [B, N, C]). ``image_side``: this block's
+    :func:`image_side_projections`, when computed earlier (layer 0 only).
     """
+    image_side = image_side or {"t2i": None, "i2t": None}
     t = trace
     # 1. Self-attention of the tokens. Layer 0 *replaces* the queries (no residual, no PE).
     if skip_first_layer_pe:
@@ -111,9 +129,10 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
 
     # 2. Tokens read the image: q = tokens + PE, k = image + PE, v = image (no PE).
     q = queries + query_pe  # [B, T, C]
-    k_img = keys + key_pe  # [B, N, C] (or [1, N, C]: one image for all prompts, layer 0)
+    # [B, N, C] (or [1, N, C]: one image for all prompts, layer 0); not needed if projected already
+    k_img = keys + key_pe if image_side["i2t"] is None else None
     queries = queries + attention(p["cross_attn_token_to_image"], q, k_img, keys, num_heads, t,
-                                  name + ".cross_attn_token_to_image")  # [B, T, C]
+                                  name + ".cross_attn_token_to_image", image_side["t2i"])  # [B, T, C]
     queries = _ln(queries, p["norm2"])  # [B, T, C]
     if t is not None:
         t[name + ".norm2"] = queries
@@ -128,7 +147,7 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
     q = queries + query_pe  # [B, T, C]
     # keys did not change since step 2: reuse keys + key_pe
     keys = keys + attention(p["cross_attn_image_to_token"], k_img, q, queries, num_heads, t,
-                            name + ".cross_attn_image_to_token")  # [B, N, C]
+                            name + ".cross_attn_image_to_token", image_side["i2t"])  # [B, N, C]
     keys = _ln(keys, p["norm4"])  # [B, N, C]
     if t is not None:
         t[name + ".norm4"] = keys
@@ -138,7 +157,7 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
 
 def two_way_transformer(p, cfg, image_embedding, image_pe, point_embedding,
                         trace: Optional[dict] = None,
-                        name: str = "mask_decoder.transformer") -> Tuple[np.ndarray, np.ndarray]:
+                        name: str = "mask_decoder.transformer", image_cache=None) -> Tuple[np.ndarray, np.ndarray]:
     """``TwoWayTransformer.forward``.
 
     image_embedding [B, C, G, G], image_pe [B, C, G, G], point_embedding [B, T, C]
@@ -146,17 +165,28 @@ def two_way_transformer(p, cfg, image_embedding, image_pe, point_embedding,
     image_embedding and image_pe may also be [1, C, G, G] for B prompts on one image with the
     same dense embedding: the image tokens then broadcast until the first image-to-token
     attention makes them prompt-specific (layer 0 projects them once, not B times).
+    ``image_cache``: a dict kept per image by the caller, for such a [1, C, G, G] image that
+    does not change between calls; it keeps the token layouts and layer 0's
+    :func:`image_side_projections`.
     """
     B, C, H, W = image_embedding.shape
-    keys = image_embedding.reshape(B, C, H * W).transpose(0, 2, 1)  # [B, C, G, G] -> [B, N, C]
-    key_pe = image_pe.reshape(image_pe.shape[0], C, H * W).transpose(0, 2, 1)  # [1 or B, C, G, G] -> [1 or B, N, C]
-    keys = np.ascontiguousarray(keys)
-    key_pe = np.ascontiguousarray(key_pe)
+    if image_cache is not None and "keys" in image_cache:
+        keys, key_pe = image_cache["keys"], image_cache["key_pe"]  # [1, N, C] each
+    else:
+        keys = image_embedding.reshape(B, C, H * W).transpose(0, 2, 1)  # [B, C, G, G] -> [B, N, C]
+        key_pe = image_pe.reshape(image_pe.shape[0], C, H * W).transpose(0, 2, 1)  # [1 or B, C, G, G] -> [1 or B, N, C]
+        keys = np.ascontiguousarray(keys)
+        key_pe = np.ascontiguousarray(key_pe)
+        if image_cache is not None:
+            image_cache.update(keys=keys, key_pe=key_pe,
+                               layer0=image_side_projections(p["layers"][0], keys, key_pe))
     queries = point_embedding  # [B, T, C]
     for i in range(cfg.decoder_depth):
         queries, keys = two_way_block(p["layers"][i], queries, keys, point_embedding, key_pe,
                                       cfg.decoder_num_heads, skip_first_layer_pe=(i == 0),
-                                      trace=trace, name=f"{name}.layers.{i}")  # [B, T, C], [B, N, C]
+                                      trace=trace, name=f"{name}.layers.{i}",
+                                      image_side=image_cache["layer0"] if image_cache is not None and i == 0
+                                      else None)  # [B, T, C], [B, N, C]
     # Final tokens -> image attention, again with both PEs re-added.
     q = queries + point_embedding  # [B, T, C]
     k = keys + key_pe  # [B, N, C]

@@ -190,6 +190,24 @@ def test_postprocess_masks_matches_official(input_size, original_size):
     assert np.mean((got > 0) != (ref > 0)) <= 1e-4
 
 
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 24), s_mult=st.integers(1, 4), crop=st.tuples(st.floats(0.05, 1), st.floats(0.05, 1)),
+       out=st.tuples(st.integers(1, 120), st.integers(1, 120)), threshold=st.sampled_from([0.0, -0.5, 1.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_postprocess_fused_crop_and_threshold_equal_the_plain_steps(m, s_mult, crop, out, threshold, seed):
+    """The crop folded into the first resize and the threshold fused into the last one give,
+    bit for bit, resize -> crop -> resize -> ``> threshold`` by the NumPy twin."""
+    S = m * s_mult
+    h, w = max(1, int(S * crop[0])), max(1, int(S * crop[1]))
+    low = (np.random.default_rng(seed).standard_normal((2, 3, m, m)) * 4).astype(np.float32)
+    plain = resize_bilinear_numpy(resize_bilinear_numpy(low, (S, S))[..., :h, :w], out)   # [2, 3, H, W]
+    logits = postprocess_masks(low, (h, w), out, S)
+    np.testing.assert_array_equal(logits, plain)
+    masks = postprocess_masks(low, (h, w), out, S, threshold=threshold)
+    assert masks.dtype == np.bool_
+    np.testing.assert_array_equal(masks, plain > np.float32(threshold))
+
+
 # ----------------------------------------------------------------------------- vit_b size
 
 @pytest.mark.vit_b

@@ -249,6 +249,39 @@ def test_predictor_end_to_end_vit_b(tmp_path):
         np.testing.assert_array_equal(a_, b_)
 
 
+def test_image_cache_is_bit_identical_and_follows_the_image(monkeypatch):
+    """The decoder's per-image cache (layer 0's image-only projections) changes no bit of any
+    output, and a new image (set_image, or features assigned directly) starts a fresh one."""
+    cfg = TINY_CONFIGS[next(iter(TINY_CONFIGS))]
+    _, sam = pair(cfg)
+    H, W = 45, 70
+    images = [make_image(H, W, seed=s) for s in (1, 2)]
+    boxes = np.array([[5, 4, 40, 30], [20, 10, 66, 44]], np.float32)
+    calls = [dict(kw) for _, kw in prompts(H, W, np.random.default_rng(0))]
+    cached = SamPredictor(sam)
+    uncached = SamPredictor(sam)
+    monkeypatch.setattr(uncached, "_image_cache", lambda: None)
+
+    def outputs(pred):
+        out = [pred.predict(**kw) for kw in calls]           # first call fills the cache, the rest use it
+        out.append(pred.predict_batch(boxes=boxes, multimask_output=True))
+        out.append(pred.predict(**calls[0]))
+        return out
+
+    for image in images:
+        cached.set_image(image)
+        uncached.set_image(image)
+        for got, ref in zip(outputs(cached), outputs(uncached)):
+            for g, r in zip(got, ref):
+                np.testing.assert_array_equal(g, r)
+        assert "layer0" in cached._decoder_cache and cached._decoder_cache["features"] is cached.features
+    # features replaced by hand (as the official predictor allows): the cache must not be reused
+    cached.features = uncached.features = np.ascontiguousarray(uncached.features[..., ::-1])
+    for got, ref in zip(outputs(cached), outputs(uncached)):
+        for g, r in zip(got, ref):
+            np.testing.assert_array_equal(g, r)
+
+
 # ----------------------------------------------------------------------------- embeddings on disk
 
 def test_save_load_embedding_round_trip(tmp_path):

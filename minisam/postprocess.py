@@ -77,35 +77,28 @@ def _resize_width_kernel(lo, hi, x, src_rows, x0, x1, b0, b1, rows):  # rows [lo
 
 
 @njit
-def _resize_height_kernel(lo, hi, rows, y0, y1, a0, a1, out):  # output rows [lo, hi); [P, n, W] -> [P, H, W]
-    """Height pass: each output row blends two width-resized rows (a contiguous, SIMD loop)."""
+def _resize_height_kernel(lo, hi, rows, y0, y1, a0, a1, as_mask, threshold, out):  # output rows [lo, hi); [P, n, W] -> [P, H, W]
+    """Height pass: each output row blends two width-resized rows (a contiguous, SIMD loop).
+
+    With ``as_mask`` a bool ``out`` gets ``value > threshold`` (the float masks are never
+    written); otherwise a float32 ``out`` gets the value. Numba compiles one specialization
+    per ``out`` dtype.
+    """
     P, H, W = out.shape
     for r in range(lo, hi):
         plane = r // H
         oy = r % H
-        top = rows[plane, y0[oy]]
-        bot = rows[plane, y1[oy]]
+        top = rows[plane, y0[oy]]  # [W]
+        bot = rows[plane, y1[oy]]  # [W]
         wt = a0[oy]
         wb = a1[oy]
-        dst = out[plane, oy]
-        for ox in range(W):
-            dst[ox] = top[ox] * wt + bot[ox] * wb
-
-
-@njit
-def _resize_height_threshold_kernel(lo, hi, rows, y0, y1, a0, a1, threshold, out):  # -> bool [P, H, W]
-    """The height pass fused with ``> threshold``: the float masks are never written."""
-    P, H, W = out.shape
-    for r in range(lo, hi):
-        plane = r // H
-        oy = r % H
-        top = rows[plane, y0[oy]]
-        bot = rows[plane, y1[oy]]
-        wt = a0[oy]
-        wb = a1[oy]
-        dst = out[plane, oy]
-        for ox in range(W):
-            dst[ox] = top[ox] * wt + bot[ox] * wb > threshold
+        dst = out[plane, oy]  # [W]
+        if as_mask:
+            for ox in range(W):
+                dst[ox] = top[ox] * wt + bot[ox] * wb > threshold
+        else:
+            for ox in range(W):
+                dst[ox] = top[ox] * wt + bot[ox] * wb
 
 
 def _resize_planes(x, ytab, xtab, threshold=None):  # [..., h, w] float32 -> [..., H, W] float32 (or bool)
@@ -126,13 +119,9 @@ def _resize_planes(x, ytab, xtab, threshold=None):  # [..., h, w] float32 -> [..
     ry0, ry1 = np.searchsorted(src_rows, y0), np.searchsorted(src_rows, y1)  # [H] each, into src_rows
     rows = np.empty((planes.shape[0], len(src_rows), W), np.float32)  # [P, n, W]
     parallel_for(_resize_width_kernel, rows.shape[0] * rows.shape[1], planes, src_rows, x0, x1, b0, b1, rows)
-    if threshold is None:
-        out = np.empty((planes.shape[0], H, W), np.float32)  # [P, H, W]
-        parallel_for(_resize_height_kernel, out.shape[0] * H, rows, ry0, ry1, a0, a1, out)
-    else:
-        out = np.empty((planes.shape[0], H, W), np.bool_)  # [P, H, W]
-        parallel_for(_resize_height_threshold_kernel, out.shape[0] * H, rows, ry0, ry1, a0, a1,
-                     np.float32(threshold), out)
+    out = np.empty((planes.shape[0], H, W), np.float32 if threshold is None else np.bool_)  # [P, H, W]
+    parallel_for(_resize_height_kernel, out.shape[0] * H, rows, ry0, ry1, a0, a1, threshold is not None,
+                 np.float32(0.0 if threshold is None else threshold), out)
     return out.reshape(lead + (H, W))
 
 

@@ -121,8 +121,9 @@ class Sam:
                 masks=None if masks_in is None else np.asarray(masks_in, np.float32), trace=local)
             low_res, iou = self.mask_decoder(emb[None], self.get_dense_pe(local), sparse, dense,
                                              multimask_output, trace=local)  # [B, K', M, M], [B, K']
-            masks = self.postprocess_masks(low_res, rec["image"].shape[-2:], rec["original_size"])  # [B, K', H, W]
-            outputs.append({"masks": masks > self.mask_threshold, "iou_predictions": iou,
+            masks = self.postprocess_masks(low_res, rec["image"].shape[-2:], rec["original_size"],
+                                           self.mask_threshold)  # [B, K', H, W] bool
+            outputs.append({"masks": masks, "iou_predictions": iou,
                             "low_res_logits": low_res})
             if trace is not None:
                 for k, v in local.items():  # the n-th call of a module is "key#n", as record() names it

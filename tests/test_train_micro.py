@@ -75,3 +75,42 @@ def test_train_micro_rejects_bad_steps(tmp_path):
     res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "0", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "--steps" in res.stderr
+
+
+
+def test_interleaved_interactive_steps_and_saved_weights_are_the_ema(tmp_path):
+    """interactive_every=2 runs the 11 rounds on every 2nd step, and with ema_decay the saved
+    checkpoint is the moving average of the raw weights after each step (from the initial
+    weights), not the last raw weights."""
+    from minisam.checkpoint import load_state_dict
+    from minisam.torch_ref import build_official
+    from minisam.train_micro import train
+    cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
+    raw = []
+    res = train(3, str(tmp_path), batch_images=1, masks_per_image=2, val_every=3, config=cfg, threads=1,
+                single_round_steps=3, interactive_every=2, box_noise=(0.0, 0.05), ema_decay=0.5, progress=False,
+                on_step=lambda step, model: raw.append({k: v.detach().double().numpy().copy()
+                                                        for k, v in model.named_parameters()}),
+                log=lambda *a: None)
+    assert [r["rounds"] for r in res["history"]] == [1, 11, 1]
+    torch.manual_seed(0)                                  # train() seeds the same way before building
+    ema = {k: v.detach().double().numpy() for k, v in build_official(cfg).named_parameters()}
+    for t, w in enumerate(raw):
+        d = min(0.5, (1 + t) / (10 + t))
+        ema = {k: d * ema[k] + (1 - d) * w[k] for k in w}
+    saved = load_state_dict(res["checkpoint"])
+    moved = 0
+    for k, want in ema.items():
+        got = np.asarray(saved[k], np.float64)
+        # float32 storage and foreach updates against a float64 recursion: a few float32 ulps
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=k)
+        moved += not np.allclose(got, raw[-1][k], rtol=1e-5, atol=1e-6)
+    assert moved > len(ema) // 2                          # and it is not the raw last weights
+
+
+def test_train_micro_rejects_bad_recipe_flags(tmp_path):
+    for flags, word in ((["--box-noise", "0.2,0.1"], "--box-noise"), (["--box-noise", "x"], "--box-noise"),
+                        (["--ema-decay", "1.5"], "--ema-decay"), (["--interactive-every", "-1"], "--interactive-every")):
+        res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "1", "--out", str(tmp_path),
+                              *flags], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and word in res.stderr, (flags, res.stderr)

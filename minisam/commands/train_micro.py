@@ -7,10 +7,20 @@ def add_parser(sub):
     p = sub.add_parser("train-micro", help="train the small SAM on synthetic shapes (needs torch)",
                        description="Train a SAM-architecture model at a small configuration on synthetic "
                                    "shapes with the paper's recipe; writes microsam_shapes.pth and train_log.json.")
-    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000, the shipped model)")
-    p.add_argument("--single-round-steps", type=int, default=4600,
+    p.add_argument("--steps", type=int, default=4800, help="optimizer steps (default 4800, the shipped model)")
+    p.add_argument("--single-round-steps", type=int, default=None,
                    help="curriculum: the first N steps supervise the initial prompt only (a point and a box "
-                        "per target); the rest run all 11 interactive rounds (default 4600, the shipped model)")
+                        "per target); the rest run all 11 interactive rounds (default: all steps, the shipped "
+                        "model, which interleaves 11-round steps instead: --interactive-every)")
+    p.add_argument("--interactive-every", type=int, default=12, metavar="K",
+                   help="every K-th step of the single-prompt phase runs all 11 interactive rounds "
+                        "(default 12, the shipped model; 0: never)")
+    p.add_argument("--box-noise", default="0,0.1", metavar="LO,HI",
+                   help="each box's noise std as a fraction of its side, drawn uniformly from [LO, HI] "
+                        "(default 0,0.1, the shipped model; the paper's fixed 10%%: 0.1,0.1)")
+    p.add_argument("--ema-decay", type=float, default=0.998,
+                   help="save and validate an exponential moving average of the weights with this decay "
+                        "(default 0.998, the shipped model; 0: the raw weights)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-images", type=int, default=4)
@@ -35,8 +45,19 @@ def run(args) -> int:
     from ..errors import MinisamError
     if args.steps < 1:
         raise MinisamError("--steps must be at least 1")
-    if args.single_round_steps < 0:
+    single_round_steps = args.steps if args.single_round_steps is None else args.single_round_steps
+    if single_round_steps < 0:
         raise MinisamError("--single-round-steps must be >= 0")
+    if args.interactive_every < 0:
+        raise MinisamError("--interactive-every must be >= 0")
+    if not 0 <= args.ema_decay < 1:
+        raise MinisamError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    try:
+        box_noise = tuple(float(v) for v in args.box_noise.split(","))
+    except ValueError:
+        box_noise = ()
+    if len(box_noise) != 2 or not 0 <= box_noise[0] <= box_noise[1]:
+        raise MinisamError(f"--box-noise must be LO,HI with 0 <= LO <= HI, got {args.box_noise!r}")
     try:
         import torch  # noqa: F401
         import segment_anything  # noqa: F401
@@ -46,8 +67,9 @@ def run(args) -> int:
     from ..train_micro import evaluate, train
     result = train(args.steps, args.out, seed=args.seed, batch_images=args.batch_images,
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
-                   val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps,
-                   iou_outputs=args.iou_outputs, progress=not args.no_progress)
+                   val_every=args.val_every, threads=args.threads, single_round_steps=single_round_steps,
+                   iou_outputs=args.iou_outputs, interactive_every=args.interactive_every,
+                   box_noise=box_noise, ema_decay=args.ema_decay or None, progress=not args.no_progress)
     print(f"checkpoint: {result['checkpoint']}")
     if args.evaluate:
         from ..build import build_sam

@@ -10,10 +10,13 @@ paper's recipe (Kirillov et al. 2023, section 3 "Losses and training", appendix 
 - mask loss ``20 * focal + dice``, IoU head trained with MSE against the IoU of the predicted
   mask, and with three outputs only the lowest-loss one is supervised (:func:`sam_loss_torch`,
   equal to :func:`minisam.losses.sam_loss`, tested);
-- every example runs the 11-round interactive simulation of :mod:`minisam.training`: a point
-  or a noisy box, then points sampled from the error region with the previous logits fed back
-  as the mask prompt, and mask-only rounds;
-- AdamW with linear warm-up and cosine decay.
+- the 11-round interactive simulation of :mod:`minisam.training`: a point or a noisy box,
+  then points sampled from the error region with the previous logits fed back as the mask
+  prompt, and mask-only rounds (in the shipped recipe every 12th step; the others supervise
+  the first prompt only, a point and a box for every target, which is where a CPU budget
+  buys the most signal);
+- AdamW with linear warm-up and cosine decay; an exponential moving average of the weights
+  is what gets saved.
 
 torch is needed only here (the ``train`` extra); :func:`evaluate` uses minisam alone.
 Shape alphabet: B images, K target masks per image, M mask outputs (3 or 1), N points,
@@ -305,19 +308,40 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
     return {"checkpoint": path, "history": history}
 
 
+SIZE_BINS = (0, 100, 300, 800)   # visible-area bins (pixels) of the model card's by-size table
+
+
+def lowres_ceiling_iou(mask: np.ndarray, low_res: int) -> float:
+    """IoU of ``mask`` [H, W] with itself after area-downsampling to ``low_res`` and bilinear upsampling.
+
+    What a perfect low-res logit map could give: the decoder's masks are ``low_res`` x
+    ``low_res`` logits upsampled as :func:`minisam.postprocess.resize_bilinear` does.
+    """
+    from .postprocess import resize_bilinear
+    h, w = mask.shape
+    f = h // low_res
+    area = mask.reshape(low_res, f, low_res, f).mean((1, 3)).astype(np.float32)      # [S, S] in [0, 1]
+    up = resize_bilinear(area - 0.5, (h, w)) > 0                                     # [H, W]
+    return float((up & mask).sum() / max((up | mask).sum(), 1))
+
+
 def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = False) -> Dict[str, float]:
     """Held-out metrics with minisam's own predictor (no torch), on scenes from ``seed``.
 
     - ``point_best_of_3_iou``: mean over objects of the best IoU among the 3 masks for the
       object's most interior point;
     - ``box_iou``: mean IoU of the single-mask output for the object's tight box;
-    - ``iou_head_picks_best``: how often the highest predicted IoU is the best of the 3.
+    - ``iou_head_picks_best``: how often the highest predicted IoU is the best of the 3;
+    - ``iou_head_regret``: the mean IoU lost by taking the IoU head's pick instead of the best;
+    - ``by_size``: the same per visible-area bin (:data:`SIZE_BINS`), with ``ceiling``, the
+      mean :func:`lowres_ceiling_iou` of the bin's objects.
     """
     from tqdm import tqdm
     from .predictor import SamPredictor
 
     predictor = SamPredictor(sam)
-    best3, boxes, picks = [], [], []
+    low_res = 4 * sam.config.img_size // sam.config.patch_size
+    best3, boxes, picks, regret, areas, ceilings = [], [], [], [], [], []
     for i in tqdm(range(n_scenes), disable=not progress, desc="evaluate"):
         s = make_scene(np.random.default_rng(seed + i), sam.config.img_size)
         predictor.set_image(s.image)
@@ -327,11 +351,26 @@ def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = F
             ious = [(mk & m).sum() / max((mk | m).sum(), 1) for mk in masks]
             best3.append(max(ious))
             picks.append(float(int(np.argmax(iou_pred)) == int(np.argmax(ious))))
+            regret.append(max(ious) - ious[int(np.argmax(iou_pred))])
             bm, _, _ = predictor.predict(box=mask_box(m), multimask_output=False)
             boxes.append((bm[0] & m).sum() / max((bm[0] | m).sum(), 1))
+            areas.append(int(m.sum()))
+            ceilings.append(lowres_ceiling_iou(m, low_res))
     out = {"seed": seed, "scenes": n_scenes, "objects": len(best3), "point_best_of_3_iou": float(np.mean(best3)),
-           "box_iou": float(np.mean(boxes)), "iou_head_picks_best": float(np.mean(picks))}
+           "box_iou": float(np.mean(boxes)), "iou_head_picks_best": float(np.mean(picks)),
+           "iou_head_regret": float(np.mean(regret))}
     # issue 7's targets for the shipped model
     out["meets_targets"] = bool(out["point_best_of_3_iou"] >= 0.85 and out["box_iou"] >= 0.90
                                 and out["iou_head_picks_best"] >= 0.70)
+    areas = np.array(areas)
+    edges = list(SIZE_BINS) + [np.inf]
+    out["by_size"] = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (areas >= lo) & (areas < hi)
+        if sel.any():
+            out["by_size"].append({"area_min": int(lo), "area_max": None if hi == np.inf else int(hi),
+                                   "objects": int(sel.sum()),
+                                   **{k: float(np.mean(np.array(v)[sel])) for k, v in
+                                      (("point_best_of_3_iou", best3), ("box_iou", boxes),
+                                       ("iou_head_picks_best", picks), ("ceiling", ceilings))}})
     return out

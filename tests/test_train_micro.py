@@ -114,3 +114,18 @@ def test_train_micro_rejects_bad_recipe_flags(tmp_path):
         res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "1", "--out", str(tmp_path),
                               *flags], capture_output=True, text=True, timeout=120)
         assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and word in res.stderr, (flags, res.stderr)
+
+
+def test_lowres_ceiling_equals_torch_area_then_bilinear():
+    """The model card's ceiling: area-downsample to the low-res grid, upsample as Sam.postprocess_masks."""
+    import torch.nn.functional as F
+    from minisam.data import make_scene
+    from minisam.train_micro import lowres_ceiling_iou
+    s = make_scene(np.random.default_rng(5), 128)
+    for m in s.masks:
+        t = torch.from_numpy(m).float()[None, None]                                 # [1, 1, H, W]
+        low = F.avg_pool2d(t, 2)                                                    # [1, 1, S, S]
+        up = F.interpolate(low - 0.5, (128, 128), mode="bilinear", align_corners=False)[0, 0].numpy() > 0
+        want = (up & m).sum() / max((up | m).sum(), 1)
+        assert lowres_ceiling_iou(m, 64) == pytest.approx(want, abs=1e-12)
+    assert lowres_ceiling_iou(np.ones((128, 128), bool), 64) == 1.0

@@ -7,20 +7,19 @@ def add_parser(sub):
     p = sub.add_parser("train-micro", help="train the small SAM on synthetic shapes (needs torch)",
                        description="Train a SAM-architecture model at a small configuration on synthetic "
                                    "shapes with the paper's recipe; writes microsam_shapes.pth and train_log.json.")
-    p.add_argument("--steps", type=int, default=4800, help="optimizer steps (default 4800, the shipped model)")
-    p.add_argument("--single-round-steps", type=int, default=None,
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000, the shipped model)")
+    p.add_argument("--single-round-steps", type=int, default=4600,
                    help="curriculum: the first N steps supervise the initial prompt only (a point and a box "
-                        "per target); the rest run all 11 interactive rounds (default: all steps, the shipped "
-                        "model, which interleaves 11-round steps instead: --interactive-every)")
-    p.add_argument("--interactive-every", type=int, default=12, metavar="K",
+                        "per target); the rest run all 11 interactive rounds (default 4600, the shipped model)")
+    p.add_argument("--interactive-every", type=int, default=0, metavar="K",
                    help="every K-th step of the single-prompt phase runs all 11 interactive rounds "
-                        "(default 12, the shipped model; 0: never)")
-    p.add_argument("--box-noise", default="0,0.1", metavar="LO,HI",
+                        "(default 0: never, the shipped model)")
+    p.add_argument("--box-noise", default="0.1,0.1", metavar="LO,HI",
                    help="each box's noise std as a fraction of its side, drawn uniformly from [LO, HI] "
-                        "(default 0,0.1, the shipped model; the paper's fixed 10%%: 0.1,0.1)")
-    p.add_argument("--ema-decay", type=float, default=0.998,
+                        "(default 0.1,0.1: the paper's fixed 10%%, the shipped model)")
+    p.add_argument("--ema-decay", type=float, default=0.0,
                    help="save and validate an exponential moving average of the weights with this decay "
-                        "(default 0.998, the shipped model; 0: the raw weights)")
+                        "(default 0: the raw weights, the shipped model)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-images", type=int, default=4)

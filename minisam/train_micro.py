@@ -237,10 +237,8 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
     model = build_official(cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
-    ema = copy.deepcopy(model).eval() if ema_decay else None
-    if ema is not None:
-        for p in ema.parameters():
-            p.requires_grad_(False)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
+    shipped = ema if ema is not None else model     # what is validated and saved
     box_noise = tuple(float(v) for v in box_noise)
     warmup = warmup if warmup is not None else max(1, min(300, steps // 10))
     val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size) for i in range(24)]
@@ -260,7 +258,8 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
             owner += [b] * len(pick)
             targets += [s.masks[i] for i in pick]
         first = "box" if rng.random() < 0.5 else "point"
-        # an optional first stage with the initial prompt only (no interactive rounds yet)
+        # the first single_round_steps supervise the initial prompt only, but every
+        # interactive_every-th of them runs the 11 rounds
         interleaved = interactive_every > 0 and (step + 1) % interactive_every == 0
         single = step < single_round_steps and not interleaved
         if single:
@@ -285,7 +284,6 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
         if on_step is not None:
             on_step(step + 1, model)
         if (step + 1) % val_every == 0 or step + 1 == steps:
-            shipped = ema if ema is not None else model
             torch.save(shipped.state_dict(), os.path.join(out_dir, "last_checkpoint.pth"))
             model.eval()
             rec["val_point_iou"], rec["val_box_iou"] = _val_torch(shipped, val_scenes, size)
@@ -296,7 +294,7 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
     model.eval()
     path = os.path.join(out_dir, "microsam_shapes.pth")
-    torch.save((ema if ema is not None else model).state_dict(), path)
+    torch.save(shipped.state_dict(), path)
     with open(os.path.join(out_dir, "train_log.json"), "w") as f:
         json.dump({"config": cfg.to_dict(), "steps": steps, "seed": seed, "batch_images": batch_images,
                    "masks_per_image": masks_per_image, "lr": lr, "weight_decay": weight_decay,
@@ -332,14 +330,14 @@ def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = F
     - ``box_iou``: mean IoU of the single-mask output for the object's tight box;
     - ``iou_head_picks_best``: how often the highest predicted IoU is the best of the 3;
     - ``iou_head_regret``: the mean IoU lost by taking the IoU head's pick instead of the best;
-    - ``by_size``: the same per visible-area bin (:data:`SIZE_BINS`), with ``ceiling``, the
-      mean :func:`lowres_ceiling_iou` of the bin's objects.
+    - ``by_size``: point, box and pick per visible-area bin (:data:`SIZE_BINS`), with
+      ``ceiling``, the mean :func:`lowres_ceiling_iou` of the bin's objects.
     """
     from tqdm import tqdm
     from .predictor import SamPredictor
 
     predictor = SamPredictor(sam)
-    low_res = 4 * sam.config.img_size // sam.config.patch_size
+    low_res = 4 * sam.config.img_size // sam.config.patch_size   # the decoder's 4x upscaled grid side
     best3, boxes, picks, regret, areas, ceilings = [], [], [], [], [], []
     for i in tqdm(range(n_scenes), disable=not progress, desc="evaluate"):
         s = make_scene(np.random.default_rng(seed + i), sam.config.img_size)

@@ -77,7 +77,6 @@ def test_train_micro_rejects_bad_steps(tmp_path):
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "--steps" in res.stderr
 
 
-
 def test_interleaved_interactive_steps_and_saved_weights_are_the_ema(tmp_path):
     """interactive_every=2 runs the 11 rounds on every 2nd step, and with ema_decay the saved
     checkpoint is the moving average of the raw weights after each step (from the initial

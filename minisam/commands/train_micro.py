@@ -44,8 +44,7 @@ def run(args) -> int:
     from ..errors import MinisamError
     if args.steps < 1:
         raise MinisamError("--steps must be at least 1")
-    single_round_steps = args.steps if args.single_round_steps is None else args.single_round_steps
-    if single_round_steps < 0:
+    if args.single_round_steps < 0:
         raise MinisamError("--single-round-steps must be >= 0")
     if args.interactive_every < 0:
         raise MinisamError("--interactive-every must be >= 0")
@@ -66,7 +65,7 @@ def run(args) -> int:
     from ..train_micro import evaluate, train
     result = train(args.steps, args.out, seed=args.seed, batch_images=args.batch_images,
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
-                   val_every=args.val_every, threads=args.threads, single_round_steps=single_round_steps,
+                   val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps,
                    iou_outputs=args.iou_outputs, interactive_every=args.interactive_every,
                    box_noise=box_noise, ema_decay=args.ema_decay or None, progress=not args.no_progress)
     print(f"checkpoint: {result['checkpoint']}")

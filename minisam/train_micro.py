@@ -12,7 +12,7 @@ paper's recipe (Kirillov et al. 2023, section 3 "Losses and training", appendix 
   equal to :func:`minisam.losses.sam_loss`, tested);
 - the 11-round interactive simulation of :mod:`minisam.training`: a point or a noisy box,
   then points sampled from the error region with the previous logits fed back as the mask
-  prompt, and mask-only rounds (in the shipped recipe the last 400 of 5000 steps; the others
+  prompt, and mask-only rounds (in the shipped recipe the last 500 of 8000 steps; the others
   supervise the first prompt only, a point and a box for every target);
 - AdamW with linear warm-up and cosine decay. Options tried and not adopted (measured in
   ``weights/README.md``): 11-round steps interleaved, a range of box noise, EMA weights.

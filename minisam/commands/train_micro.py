@@ -7,10 +7,10 @@ def add_parser(sub):
     p = sub.add_parser("train-micro", help="train the small SAM on synthetic shapes (needs torch)",
                        description="Train a SAM-architecture model at a small configuration on synthetic "
                                    "shapes with the paper's recipe; writes microsam_shapes.pth and train_log.json.")
-    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000, the shipped model)")
-    p.add_argument("--single-round-steps", type=int, default=4600,
+    p.add_argument("--steps", type=int, default=8000, help="optimizer steps (default 8000, the shipped model)")
+    p.add_argument("--single-round-steps", type=int, default=7500,
                    help="curriculum: the first N steps supervise the initial prompt only (a point and a box "
-                        "per target); the rest run all 11 interactive rounds (default 4600, the shipped model)")
+                        "per target); the rest run all 11 interactive rounds (default 7500, the shipped model)")
     p.add_argument("--interactive-every", type=int, default=0, metavar="K",
                    help="every K-th step of the single-prompt phase runs all 11 interactive rounds "
                         "(default 0: never, the shipped model)")

@@ -211,14 +211,16 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
     """Train :data:`MICRO_CONFIG` for ``steps`` steps; write ``microsam_shapes.pth`` and a log to ``out_dir``.
 
     The first ``single_round_steps`` steps supervise the initial prompt only, and give every
-    target both a point and a box: two decoder passes on one encoder pass. Measured here with
-    2 threads and 4 images: the encoder's forward and backward take ~0.46 s a step; a step with
-    one prompt for each of up to 6 masks an image took 0.58 s, one with both prompts for up to
-    8 masks 0.86 s (2.3x the supervised prompts for 1.5x the time). The rest run the full 11-round
-    simulation from a point or a box (~1.9 s a step). ``interactive_every=k`` makes every k-th
-    step of that first phase an 11-round step too, so the interactive skill is learned all along
-    instead of in a last phase that, measured, cost single-prompt accuracy. ``iou_outputs`` is
-    passed to :func:`sam_loss_torch`, ``box_noise`` to :func:`_interactive_rounds`.
+    target both a point and a box: two decoder passes on one encoder pass. Measured with 2
+    threads and 4 images (an earlier session, on a slower day of this machine): one prompt for
+    each of up to 6 masks an image took 0.58 s a step, both prompts for up to 8 masks 0.86 s
+    (2.3x the supervised prompts for 1.5x the time). The rest run the full 11-round simulation
+    from a point or a box. In the shipped run (2026-12-02) a single-prompt step took 0.42 s and an
+    11-round step ~1.0 s; the same code has run 2-3x slower here on other days.
+    ``interactive_every=k`` makes every k-th step of that first phase an 11-round step too, so
+    the interactive skill is learned all along instead of in a last phase (measured in the model
+    card: not better overall). ``iou_outputs`` is passed to :func:`sam_loss_torch`,
+    ``box_noise`` to :func:`_interactive_rounds`.
 
     ``ema_decay``: keep an exponential moving average of the weights (decay ``min(ema_decay,
     (1 + t) / (10 + t))`` at step t) and validate and save it instead of the raw weights; the

@@ -51,7 +51,7 @@ def worker(a) -> None:
     else:
         from common import minisam_env_info
         from minisam import SamAutomaticMaskGenerator, build_sam
-        from minisam.threads import set_num_threads
+        from minisam.kernels.threads import set_num_threads
         set_num_threads(a.threads)
         model = build_sam(a.checkpoint)
         make = lambda **kw: SamAutomaticMaskGenerator(model, progress=False, **kw)  # noqa: E731

@@ -78,7 +78,7 @@ def torch_gemm_gflops(n: int = 2048, repeats: int = 3) -> float:
 
 def minisam_env_info() -> dict:
     """BLAS kernel and thread counts of this (minisam) process, and what the BLAS env was."""
-    from minisam.threads import thread_info
+    from minisam.kernels.threads import thread_info
     info = thread_info()
     info["blas_env"] = {k: os.environ.get(k) for k in BLAS_ENV}
     return info

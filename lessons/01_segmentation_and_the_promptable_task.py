@@ -31,7 +31,7 @@ args = _lesson.parse_args("01", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
-from minisam.data import interior_point, make_scene  # noqa: E402
+from minisam.training.shapes import interior_point, make_scene  # noqa: E402
 
 # --- 1. A scene with ground truth at three levels: parts, objects, groups ---------------
 sam = _lesson.load_model(args)

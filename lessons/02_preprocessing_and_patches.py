@@ -28,9 +28,9 @@ args = _lesson.parse_args("02", __doc__.splitlines()[0])
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minisam.data import make_scene  # noqa: E402
-from minisam.image_encoder import patch_embed  # noqa: E402
-from minisam.transforms import ResizeLongestSide, as_rgb_uint8  # noqa: E402
+from minisam.training.shapes import make_scene  # noqa: E402
+from minisam.modeling.image_encoder import patch_embed  # noqa: E402
+from minisam.utils.transforms import ResizeLongestSide, as_rgb_uint8  # noqa: E402
 
 sam = _lesson.load_model(args)
 cfg = sam.config

@@ -34,10 +34,10 @@ args = _lesson.parse_args("03", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam.config import VIT_B  # noqa: E402
-from minisam.data import interior_point, make_scene  # noqa: E402
-from minisam.image_encoder import linear, rel_pos_terms, window_partition, window_unpartition  # noqa: E402
-from minisam.kernels import softmax_rel_pos_  # noqa: E402
-from minisam.transforms import ResizeLongestSide  # noqa: E402
+from minisam.training.shapes import interior_point, make_scene  # noqa: E402
+from minisam.modeling.image_encoder import linear, rel_pos_terms, window_partition, window_unpartition  # noqa: E402
+from minisam.kernels.layers import softmax_rel_pos_  # noqa: E402
+from minisam.utils.transforms import ResizeLongestSide  # noqa: E402
 
 sam = _lesson.load_model(args)
 cfg = sam.config

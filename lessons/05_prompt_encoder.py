@@ -34,10 +34,10 @@ args = _lesson.parse_args("05", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
-from minisam.data import interior_point, make_scene  # noqa: E402
-from minisam.prompt_encoder import dense_pe, pe_with_coords, prompt_encoder  # noqa: E402
-from minisam.training import mask_box  # noqa: E402
-from minisam.viz import show_box, show_mask, show_points  # noqa: E402
+from minisam.training.shapes import interior_point, make_scene  # noqa: E402
+from minisam.modeling.prompt_encoder import dense_pe, pe_with_coords, prompt_encoder  # noqa: E402
+from minisam.training.interactive import mask_box  # noqa: E402
+from minisam.cli.drawing import show_box, show_mask, show_points  # noqa: E402
 
 sam = _lesson.load_model(args)
 cfg = sam.config

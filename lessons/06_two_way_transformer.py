@@ -35,7 +35,7 @@ args = _lesson.parse_args("06", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
-from minisam.data import interior_point, make_scene  # noqa: E402
+from minisam.training.shapes import interior_point, make_scene  # noqa: E402
 
 sam = _lesson.load_model(args)
 cfg = sam.config

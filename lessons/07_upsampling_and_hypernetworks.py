@@ -31,8 +31,8 @@ args = _lesson.parse_args("07", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
-from minisam.data import interior_point, make_scene  # noqa: E402
-from minisam.mask_decoder import conv_transpose2x2_s2  # noqa: E402
+from minisam.training.shapes import interior_point, make_scene  # noqa: E402
+from minisam.modeling.mask_decoder import conv_transpose2x2_s2  # noqa: E402
 
 sam = _lesson.load_model(args)
 cfg = sam.config

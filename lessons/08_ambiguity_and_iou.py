@@ -32,8 +32,8 @@ args = _lesson.parse_args("08", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
-from minisam.data import interior_point, make_scene  # noqa: E402
-from minisam.viz import show_mask, show_points  # noqa: E402
+from minisam.training.shapes import interior_point, make_scene  # noqa: E402
+from minisam.cli.drawing import show_mask, show_points  # noqa: E402
 
 sam = _lesson.load_model(args)
 cfg = sam.config

@@ -35,7 +35,7 @@ import matplotlib
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minisam.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss  # noqa: E402
+from minisam.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default=os.path.join("out", "09"), help="folder for the figures")

@@ -43,8 +43,8 @@ args = _lesson.parse_args("10", __doc__.splitlines()[0],
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
-from minisam.data import make_scene  # noqa: E402
-from minisam.training import (error_regions, mask_box, noisy_box, round_schedule,  # noqa: E402
+from minisam.training.shapes import make_scene  # noqa: E402
+from minisam.training.interactive import (error_regions, mask_box, noisy_box, round_schedule,  # noqa: E402
                               sample_error_point, simulate_interactive)
 
 np.set_printoptions(precision=3, suppress=True)

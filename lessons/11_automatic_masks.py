@@ -42,8 +42,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from minisam import SamPredictor  # noqa: E402
 from minisam import amg  # noqa: E402
 from minisam.automatic_mask_generator import SamAutomaticMaskGenerator  # noqa: E402
-from minisam.data import make_scene  # noqa: E402
-from minisam.viz import show_anns  # noqa: E402
+from minisam.training.shapes import make_scene  # noqa: E402
+from minisam.cli.drawing import show_anns  # noqa: E402
 
 sam = _lesson.load_model(args)
 S = sam.config.img_size

@@ -27,9 +27,9 @@ args = _lesson.parse_args("13", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
-from minisam.amg import batched_mask_to_box, connected_components  # noqa: E402
-from minisam.data import interior_point, make_scene  # noqa: E402
-from minisam.viz import show_box, show_mask  # noqa: E402
+from minisam.utils.amg import batched_mask_to_box, connected_components  # noqa: E402
+from minisam.training.shapes import interior_point, make_scene  # noqa: E402
+from minisam.cli.drawing import show_box, show_mask  # noqa: E402
 
 sam = _lesson.load_model(args)
 S = sam.config.img_size

@@ -11,23 +11,23 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .errors import (CheckpointError, ConfigError, DownloadError, ImageError,  # noqa: F401
+from minisam.errors import (CheckpointError, ConfigError, DownloadError, ImageError,  # noqa: F401
                      MinisamError, MinisamWarning, PromptError, PromptWarning)
 
 _LAZY = {
-    "load_state_dict": "minisam.checkpoint",
-    "build_sam": "minisam.build",
-    "sam_model_registry": "minisam.build",
-    "build_sam_vit_b": "minisam.build",
-    "build_sam_vit_l": "minisam.build",
-    "build_sam_vit_h": "minisam.build",
-    "Sam": "minisam.sam",
+    "load_state_dict": "minisam.checkpoints.formats",
+    "build_sam": "minisam.build_sam",
+    "sam_model_registry": "minisam.build_sam",
+    "build_sam_vit_b": "minisam.build_sam",
+    "build_sam_vit_l": "minisam.build_sam",
+    "build_sam_vit_h": "minisam.build_sam",
+    "Sam": "minisam.modeling.sam",
     "SamConfig": "minisam.config",
     "SamPredictor": "minisam.predictor",
     "SamAutomaticMaskGenerator": "minisam.automatic_mask_generator",
-    "ResizeLongestSide": "minisam.transforms",
-    "set_num_threads": "minisam.threads",
-    "thread_info": "minisam.threads",
+    "ResizeLongestSide": "minisam.utils.transforms",
+    "set_num_threads": "minisam.kernels.threads",
+    "thread_info": "minisam.kernels.threads",
 }
 
 __all__ = sorted(list(_LAZY) + ["CheckpointError", "ConfigError", "DownloadError", "ImageError",

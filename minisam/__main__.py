@@ -1,3 +1,3 @@
-from .cli import main
+from minisam.cli import main
 
 raise SystemExit(main())

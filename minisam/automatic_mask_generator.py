@@ -33,8 +33,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import amg
-from .errors import ImageError
+from minisam.utils import amg
+from minisam.errors import ImageError
 
 _UPSCALE_CHUNK = 4  # masks upsampled to full resolution at once (bounds peak memory)
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -87,7 +87,7 @@ class SamAutomaticMaskGenerator:
                  output_mode: str = "binary_mask", progress: bool = True) -> None:
         """Arguments as the official class (its defaults are tuned for ViT-H), plus ``progress``
         (a tqdm bar over crops and point batches)."""
-        from .predictor import SamPredictor
+        from minisam.predictor import SamPredictor
 
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")

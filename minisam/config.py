@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .errors import ConfigError
+from minisam.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import ImageError, MinisamError, PromptError, PromptWarning  # noqa: F401 (PromptWarning re-exported)
+from minisam.errors import ImageError, MinisamError, PromptError, PromptWarning  # noqa: F401 (PromptWarning re-exported)
 
 EMBEDDING_FORMAT_VERSION = 1
 
@@ -114,7 +114,7 @@ def _check_mask_input(m: np.ndarray, raw) -> None:  # [..., M, M]
 
 class SamPredictor:
     def __init__(self, sam_model) -> None:
-        from .transforms import ResizeLongestSide
+        from minisam.utils.transforms import ResizeLongestSide
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.config.img_size)
         self.reset_image()
@@ -124,11 +124,11 @@ class SamPredictor:
     def set_image(self, image: np.ndarray, image_format: str = "RGB", trace: Optional[dict] = None) -> None:
         """Compute the embedding of an HWC uint8 image ("RGB" or "BGR").
 
-        Other arrays are converted by the rules of :mod:`minisam.images` (grey, RGBA, uint16,
+        Other arrays are converted by the rules of :mod:`minisam.utils.images` (grey, RGBA, uint16,
         float in [0, 1], ...) or refused with :class:`ImageError`; so are images over the pixel
-        limit (:func:`minisam.images.max_image_pixels`), since masks come back at this size.
+        limit (:func:`minisam.utils.images.max_image_pixels`), since masks come back at this size.
         """
-        from .images import to_rgb_uint8
+        from minisam.utils.images import to_rgb_uint8
         self.reset_image()  # a refused image must not leave the previous image's embedding in place
         if image_format not in ("RGB", "BGR"):
             raise ImageError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")

@@ -1,6 +1,6 @@
 """The parity harness: the official PyTorch SAM at any configuration, randomized, traced.
 
-``build_official``, ``randomize`` and ``record`` live in :mod:`minisam.torch_ref` (``minisam
+``build_official``, ``randomize`` and ``record`` live in :mod:`minisam.reference.official` (``minisam
 parity`` and the training script use them too) and are re-exported here.
 
 - :func:`build_official` builds ``segment_anything.modeling.Sam`` from a
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from minisam.config import SamConfig  # noqa: F401
-from minisam.torch_ref import build_official, randomize, record  # noqa: F401  (re-exported for the tests)
+from minisam.reference.official import build_official, randomize, record  # noqa: F401  (re-exported for the tests)
 
 _DEVICE: Optional[torch.device] = None
 

@@ -1,4 +1,4 @@
-"""minisam.amg against the official utils/amg.py, torchvision NMS, pycocotools and OpenCV.
+"""minisam.utils.amg against the official utils/amg.py, torchvision NMS, pycocotools and OpenCV.
 
 Everything here is discrete (indexes, counts, labels, strings), so every comparison is
 exact equality: there is no tolerance to choose.

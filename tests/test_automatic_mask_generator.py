@@ -31,8 +31,8 @@ from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
 from minisam.automatic_mask_generator import SamAutomaticMaskGenerator
 from minisam.config import VIT_B
 from minisam.errors import ImageError
-from minisam.params import nest
-from minisam.sam import Sam
+from minisam.checkpoints.param_tree import nest
+from minisam.modeling.sam import Sam
 
 LOW = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.2,
            stability_score_offset=0.05, box_nms_thresh=1.0)

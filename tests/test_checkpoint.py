@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from minisam import CheckpointError, load_state_dict
-from minisam.checkpoint import save_npz, save_safetensors
+from minisam.checkpoints.formats import save_npz, save_safetensors
 from minisam.config import VIT_H, VIT_L, expected_shapes
-from minisam.hf import official_to_hf
+from minisam.checkpoints.hf_keys import official_to_hf
 
 from conftest import TINY_CONFIGS, official_model
 
@@ -73,7 +73,7 @@ def _random_state_dict(cfg, seed):
 @pytest.mark.parametrize("cfg,name", [(VIT_L, "vit_l"), (VIT_H, "vit_h")])
 def test_large_state_dicts_bit_identical(cfg, name, tmp_path):
     """vit_l/vit_h-shaped state dicts (482/594 tensors) written by torch.save load bit-identically."""
-    from minisam.build import build_sam
+    from minisam.build_sam import build_sam
     sd = _random_state_dict(cfg, 7)
     path = tmp_path / f"{name}.pth"
     torch.save(sd, path)
@@ -102,14 +102,14 @@ def test_tiny_pth_safetensors_npz_and_hf_layout(name, tiny_checkpoints, tmp_path
     hf = {official_to_hf(k): v for k, v in ref.items()}
     hf["shared_image_embedding.positional_embedding"] = hf["prompt_encoder.shared_embedding.positional_embedding"]
     save_safetensors(tmp_path / "hf.safetensors", hf)
-    from minisam.build import build_sam
+    from minisam.build_sam import build_sam
     for f in ("a.safetensors", "a.npz", "hf.safetensors"):
         sd = load_state_dict(tmp_path / f)
         if f == "hf.safetensors":
             assert any(k.startswith("vision_encoder.layers.") for k in sd)
         sam = build_sam(tmp_path / f, config={"decoder_num_heads": cfg.decoder_num_heads})
         assert sam.config == cfg, f
-        from minisam.params import flatten
+        from minisam.checkpoints.param_tree import flatten
         flat = flatten(sam.params)
         assert flat.keys() == ref.keys()
         for k in ref:

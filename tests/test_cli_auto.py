@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from minisam.cli import main
-from minisam.commands.auto import CSV_HEADER
+from minisam.cli.auto import CSV_HEADER
 
 FLAGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0.2",
          "--stability-score-offset", "0.05", "--box-nms-thresh", "1.0", "--crop-overlap-ratio", "0.5",
@@ -121,7 +121,7 @@ def three_images(tmp_path_factory):
 
 def test_interrupted_run_keeps_finished_images_and_resumes(three_images, tiny_checkpoints, tmp_path,
                                                             monkeypatch, capsys):
-    import minisam.commands.auto as auto
+    import minisam.cli.auto as auto
     cfg, ckpt = tiny_checkpoints["pad_window"]
     out = tmp_path / "out"
     argv = ["auto", str(three_images), "--out", str(out), "--checkpoint", ckpt, *FLAGS]

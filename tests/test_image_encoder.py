@@ -1,4 +1,4 @@
-"""Parity of minisam.image_encoder with the official ImageEncoderViT, module by module.
+"""Parity of minisam.modeling.image_encoder with the official ImageEncoderViT, module by module.
 
 Tolerances (fp32, both sides):
 - tiny configs: 1e-5 x max|ref| for every traced intermediate. One float32 op is ~6e-8
@@ -20,10 +20,10 @@ import torch
 from conftest import TINY_CONFIGS, official_model
 from official import compare, record, torch_device
 from minisam.config import VIT_B
-from minisam.image_encoder import (get_rel_pos, image_encoder, interpolate_linear, window_partition,
+from minisam.modeling.image_encoder import (get_rel_pos, image_encoder, interpolate_linear, window_partition,
                                    window_unpartition)
-from minisam.params import nest
-import minisam.image_encoder as enc
+from minisam.checkpoints.param_tree import nest
+import minisam.modeling.image_encoder as enc
 
 TINY_RTOL = 1e-5
 VIT_B_RTOL = 1e-4
@@ -108,7 +108,7 @@ _VIT_B_CACHE = {}
 
 def vit_b_test_input():
     """A preprocessed [1, 3, 1024, 1024] input: a smooth synthetic image, resized, normalized, padded."""
-    from minisam.transforms import ResizeLongestSide, preprocess
+    from minisam.utils.transforms import ResizeLongestSide, preprocess
     yy, xx = np.mgrid[0:600, 0:900]
     img = np.stack([(xx * 255 // 899), (yy * 255 // 599), ((xx + yy) * 7) % 256], -1).astype(np.uint8)
     resized = ResizeLongestSide(1024).apply_image(img)                     # [683, 1024, 3]

@@ -1,4 +1,4 @@
-"""Each Numba kernel of minisam.kernels equals its readable NumPy twin, on random shapes.
+"""Each Numba kernel of minisam.kernels.layers equals its readable NumPy twin, on random shapes.
 
 Tolerances: the twins accumulate in float64 and use the true exp/erf, the kernels run in
 float32 with float64 scalar accumulators and float32 polynomial exp/erf, so they differ by a
@@ -143,7 +143,7 @@ def test_erf_rational_accuracy():
 def test_thread_count_does_not_change_a_bit():
     """parallel_for splits tasks in contiguous chunks; each task's arithmetic is the same,
     so 1, 2 and 3 threads give bit-identical outputs for every kernel."""
-    from minisam.threads import get_num_threads, set_num_threads
+    from minisam.kernels.threads import get_num_threads, set_num_threads
     rng = np.random.default_rng(0)
     x = _arr(rng, (300, 70), 3.0)                                        # [R, C], several row blocks
     w, b = _arr(rng, 70), _arr(rng, 70)
@@ -169,7 +169,7 @@ def test_thread_count_does_not_change_a_bit():
 
 
 def test_parallel_for_raises_what_a_task_raises():
-    from minisam.threads import get_num_threads, parallel_for, set_num_threads
+    from minisam.kernels.threads import get_num_threads, parallel_for, set_num_threads
 
     def kernel(lo, hi, out):
         if lo > 0:

@@ -1,4 +1,4 @@
-"""minisam.losses against torchvision / torch autograd, in float64.
+"""minisam.training.losses against torchvision / torch autograd, in float64.
 
 Tolerance: values and gradients agree to ``rtol=1e-6`` plus ``atol=1e-14``. The absolute
 part is there because torchvision computes ``1 - p_t`` as ``1 - (p y + (1 - p)(1 - y))``,
@@ -18,7 +18,7 @@ from hypothesis import example, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
-from minisam.losses import (LossInputError, dice_loss, iou_mse_loss, mask_iou, sam_loss,
+from minisam.training.losses import (LossInputError, dice_loss, iou_mse_loss, mask_iou, sam_loss,
                             sigmoid_focal_loss)
 
 RTOL, ATOL = 1e-6, 1e-14

@@ -25,10 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minisam.config import VIT_B
-from minisam.mask_decoder import mask_decoder
-from minisam.params import nest
-from minisam.postprocess import postprocess_masks, resize_bilinear, resize_bilinear_numpy
-from minisam.prompt_encoder import get_dense_pe, prompt_encoder
+from minisam.modeling.mask_decoder import mask_decoder
+from minisam.checkpoints.param_tree import nest
+from minisam.kernels.resize import postprocess_masks, resize_bilinear, resize_bilinear_numpy
+from minisam.modeling.prompt_encoder import get_dense_pe, prompt_encoder
 
 from conftest import TINY_CONFIGS, official_model
 from official import compare, record, rel_err, torch_device

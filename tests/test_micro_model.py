@@ -14,7 +14,7 @@ import pytest
 from minisam import sam_model_registry
 from minisam import weights
 from minisam.config import MICRO
-from minisam.data import interior_point, make_scene
+from minisam.training.shapes import interior_point, make_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARD = os.path.join(ROOT, "weights", "microsam_shapes.eval.json")
@@ -31,12 +31,12 @@ def test_registered_checksummed_and_small():
 
 def test_model_card_numbers_hold():
     """Re-measure the model card's held-out numbers (500 scenes from a seed training never used)."""
-    from minisam.train_micro import EVAL_SEED, evaluate
+    from minisam.training.micro import EVAL_SEED, evaluate
     card = json.load(open(CARD))
     assert card["seed"] == EVAL_SEED and card["scenes"] == 500
     # ~4000 small predictor calls: one thread each for BLAS and Numba is fastest for work this
     # small, and keeps a loaded machine from thrashing between the two pools.
-    from minisam.threads import get_num_threads, set_num_threads
+    from minisam.kernels.threads import get_num_threads, set_num_threads
     before = get_num_threads()
     set_num_threads(1)
     try:
@@ -60,7 +60,7 @@ def test_official_code_on_the_micro_checkpoint_agrees():
     import torch
     from segment_anything import SamPredictor as OfficialPredictor
     from minisam import SamPredictor
-    from minisam.torch_ref import build_official
+    from minisam.reference.official import build_official
     official = build_official(MICRO)
     official.load_state_dict(torch.load(weights.find("micro"), weights_only=True))
     S = MICRO.img_size

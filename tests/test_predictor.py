@@ -24,9 +24,9 @@ from segment_anything.utils.transforms import ResizeLongestSide as OfficialResiz
 
 from minisam import ImageError, MinisamError, PromptError
 from minisam.config import VIT_B
-from minisam.params import nest
+from minisam.checkpoints.param_tree import nest
 from minisam.predictor import ImageNotSetError, SamPredictor
-from minisam.sam import Sam
+from minisam.modeling.sam import Sam
 
 from conftest import TINY_CONFIGS, official_model
 from official import compare, record, rel_err, torch_device

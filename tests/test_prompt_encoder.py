@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from minisam.config import VIT_B
-from minisam.params import nest
-from minisam.prompt_encoder import get_dense_pe, prompt_encoder
+from minisam.checkpoints.param_tree import nest
+from minisam.modeling.prompt_encoder import get_dense_pe, prompt_encoder
 
 from conftest import TINY_CONFIGS, official_model
 from official import compare, record, torch_device

@@ -28,10 +28,10 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from minisam import ImageError
-from minisam.images import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, read_image, to_rgb_uint8
-from minisam.params import nest
+from minisam.utils.images import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, read_image, to_rgb_uint8
+from minisam.checkpoints.param_tree import nest
 from minisam.predictor import SamPredictor
-from minisam.sam import Sam
+from minisam.modeling.sam import Sam
 
 from conftest import TINY_CONFIGS, official_model
 
@@ -189,7 +189,7 @@ def test_fuzzed_image_files_load_or_raise_image_error(tmp_path, data):
 BOMB_READER = r"""
 import json, resource, sys
 import numpy, PIL.Image, PIL.PngImagePlugin, PIL.TiffImagePlugin, psutil   # map their pages before the limit
-from minisam.images import read_image
+from minisam.utils.images import read_image
 from minisam import ImageError
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 resource.setrlimit(resource.RLIMIT_AS, (psutil.Process().memory_info().vms + (256 << 20), hard))

@@ -17,9 +17,9 @@ import pytest
 from segment_anything import SamPredictor as OfficialPredictor
 
 from minisam import PromptError
-from minisam.params import nest
+from minisam.checkpoints.param_tree import nest
 from minisam.predictor import POINT_LABELS, PromptWarning, SamPredictor
-from minisam.sam import Sam
+from minisam.modeling.sam import Sam
 
 from conftest import TINY_CONFIGS, official_model
 

@@ -1,4 +1,4 @@
-"""The training script of the offline model: its loss equals minisam.losses, its batched decoder
+"""The training script of the offline model: its loss equals minisam.training.losses, its batched decoder
 equals the official one, and a few-step run works end to end (so the script does not rot)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from minisam.losses import sam_loss
-from minisam.train_micro import MICRO_CONFIG, _predict_masks, sam_loss_torch
+from minisam.training.losses import sam_loss
+from minisam.training.micro import MICRO_CONFIG, _predict_masks, sam_loss_torch
 
 from conftest import official_model
 
@@ -81,9 +81,9 @@ def test_interleaved_interactive_steps_and_saved_weights_are_the_ema(tmp_path):
     """interactive_every=2 runs the 11 rounds on every 2nd step, and with ema_decay the saved
     checkpoint is the moving average of the raw weights after each step (from the initial
     weights), not the last raw weights."""
-    from minisam.checkpoint import load_state_dict
-    from minisam.torch_ref import build_official
-    from minisam.train_micro import train
+    from minisam.checkpoints.formats import load_state_dict
+    from minisam.reference.official import build_official
+    from minisam.training.micro import train
     cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
     raw = []
     res = train(3, str(tmp_path), batch_images=1, masks_per_image=2, val_every=3, config=cfg, threads=1,
@@ -118,8 +118,8 @@ def test_train_micro_rejects_bad_recipe_flags(tmp_path):
 def test_lowres_ceiling_equals_torch_area_then_bilinear():
     """The model card's ceiling: area-downsample to the low-res grid, upsample as Sam.postprocess_masks."""
     import torch.nn.functional as F
-    from minisam.data import make_scene
-    from minisam.train_micro import lowres_ceiling_iou
+    from minisam.training.shapes import make_scene
+    from minisam.training.micro import lowres_ceiling_iou
     s = make_scene(np.random.default_rng(5), 128)
     for m in s.masks:
         t = torch.from_numpy(m).float()[None, None]                                 # [1, 1, H, W]

@@ -1,4 +1,4 @@
-"""minisam.training: the 11-round interactive simulation, with fake predictors and properties.
+"""minisam.training.interactive: the 11-round interactive simulation, with fake predictors and properties.
 
 The sampling and bookkeeping are pure functions, tested without a model. ``simulate_interactive``
 is driven by two fakes with ``SamPredictor.predict``'s signature: an oracle that returns the
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minisam.errors import PromptError
-from minisam.losses import sam_loss
-from minisam.training import (INITIAL, MASK_ONLY, POINT, error_regions, mask_box, noisy_box,
+from minisam.training.losses import sam_loss
+from minisam.training.interactive import (INITIAL, MASK_ONLY, POINT, error_regions, mask_box, noisy_box,
                               round_schedule, sample_error_point, sample_foreground_point,
                               simulate_interactive, use_multimask)
 
@@ -310,7 +310,7 @@ def test_simulation_with_minisam_predictor_matches_official_forward(first):
     from conftest import TINY_CONFIGS, official_model
     from segment_anything import SamPredictor as OfficialPredictor
 
-    from minisam.build import build_sam
+    from minisam.build_sam import build_sam
     from minisam.predictor import SamPredictor
 
     cfg = TINY_CONFIGS["pad_window"]

@@ -1,4 +1,4 @@
-"""minisam.transforms against the official ResizeLongestSide, Sam.preprocess and set_image.
+"""minisam.utils.transforms against the official ResizeLongestSide, Sam.preprocess and set_image.
 
 Everything here must be BIT-identical (assert_array_equal): the resize is the same Pillow
 call, and normalization is the same float32 subtract-and-divide.
@@ -16,7 +16,7 @@ from segment_anything.utils.transforms import ResizeLongestSide as RefResize
 
 from minisam.config import VIT_B
 from minisam.errors import ImageError
-from minisam.transforms import ResizeLongestSide, as_rgb_uint8, preprocess
+from minisam.utils.transforms import ResizeLongestSide, as_rgb_uint8, preprocess
 
 # smaller and larger than 1024, portrait, landscape, square, 1-pixel thin, already 1024
 SIZES = [(600, 900), (1500, 2250), (1999, 777), (17, 5), (1, 700), (1300, 1), (1, 1), (1024, 1024),

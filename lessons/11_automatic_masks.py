@@ -40,7 +40,7 @@ args = _lesson.parse_args("11", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
-from minisam import amg  # noqa: E402
+from minisam.utils import amg  # noqa: E402
 from minisam.automatic_mask_generator import SamAutomaticMaskGenerator  # noqa: E402
 from minisam.training.shapes import make_scene  # noqa: E402
 from minisam.cli.drawing import show_anns  # noqa: E402

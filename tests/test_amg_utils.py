@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 from segment_anything.utils import amg as official
 from torchvision.ops import batched_nms, nms
 
-from minisam import amg
+from minisam.utils import amg
 
 SETTINGS = dict(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 

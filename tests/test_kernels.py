@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minisam import kernels as K
+from minisam.kernels import layers as K
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

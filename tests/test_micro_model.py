@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from minisam import sam_model_registry
-from minisam import weights
+from minisam.checkpoints import registry as weights
 from minisam.config import MICRO
 from minisam.training.shapes import interior_point, make_scene
 

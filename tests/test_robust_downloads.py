@@ -20,7 +20,7 @@ import threading
 import pytest
 
 from minisam import DownloadError
-from minisam import weights
+from minisam.checkpoints import registry as weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAYLOAD = os.urandom(2 * (1 << 20) + 4321)   # a generated "checkpoint", a few chunks
@@ -165,7 +165,8 @@ def test_disk_full_leaves_nothing_under_the_final_name_and_resumes(server, tmp_p
 
 WRITER = r"""
 import resource, signal, sys
-from minisam import weights, DownloadError
+from minisam import DownloadError
+from minisam.checkpoints import registry as weights
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # get EFBIG from write() instead of being killed
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
 try:

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from minisam import DownloadError
-from minisam import weights
+from minisam.checkpoints import registry as weights
 from minisam.cli import main
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)   # a generated "checkpoint", 3 MB, several chunks

@@ -32,7 +32,7 @@ args = _lesson.parse_args("04", __doc__.splitlines()[0])
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minisam import image_encoder as enc  # noqa: E402
+from minisam.modeling import image_encoder as enc  # noqa: E402
 from minisam.config import VIT_B  # noqa: E402
 from minisam.training.shapes import interior_point, make_scene  # noqa: E402
 from minisam.kernels.layers import softmax_rel_pos_  # noqa: E402

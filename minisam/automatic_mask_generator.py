@@ -12,7 +12,7 @@ One difference, on purpose: memory. The official ``_process_batch`` upsamples th
 low-res logits of a whole batch (points_per_batch x 3 masks) to full image resolution
 before filtering: 64 x 3 x 1500 x 2250 float32 is 2.6 GB. Here the cheap IoU filter runs
 on the low-res output first, and only the surviving masks are upsampled, a few at a time
-(``_UPSCALE_CHUNK``), to compute stability, box and RLE; only the RLEs are kept. The
+(``_MASKS_PER_UPSAMPLE``), to compute stability, box and RLE; only the RLEs are kept. The
 numbers are those of the official code (same logits, same filters, same order).
 
 Two corner cases where the official output is an accident of torch, not a rule:
@@ -23,8 +23,8 @@ Two corner cases where the official output is an accident of torch, not a rule:
   *unstable* sort: masks with exactly equal scores may come out in another order. Here
   ties always keep their original order (what the <= 1000-box path does).
 
-Shapes: P points in a batch, K = 3 masks per point, M low-res side, h x w the crop,
-H x W the image, N masks.
+Shapes (``docs/shapes.md``): N points in a batch (one prompt each), K' = 3 masks per point,
+R the low-res side, Hc x Wc the crop, H x W the image, M kept masks.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 from minisam.utils import amg
 from minisam.errors import ImageError
 
-_UPSCALE_CHUNK = 4  # masks upsampled to full resolution at once (bounds peak memory)
+_MASKS_PER_UPSAMPLE = 4  # masks upsampled to full resolution at once (bounds peak memory)
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 
@@ -167,17 +167,17 @@ class SamAutomaticMaskGenerator:
                 data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, bar))
         if len(crop_boxes) > 1:
             # Remove duplicates between crops, preferring masks from smaller crops.
-            area = amg.box_area(data["crop_boxes"]).astype(np.float32)  # [N]
-            scores = np.float32(1) / area  # [N] float32, as 1 / int64 tensor in torch
+            area = amg.box_area(data["crop_boxes"]).astype(np.float32)  # [M]
+            scores = np.float32(1) / area  # [M] float32, as 1 / int64 tensor in torch
             data.filter(amg.box_nms(data["boxes"], scores, self.crop_nms_thresh))
         return data
 
     def _process_crop(self, image, crop_box: Sequence[int], layer_idx: int, orig_size, bar) -> MaskData:
         x0, y0, x1, y1 = crop_box
-        cropped = image[y0:y1, x0:x1, :]  # [h, w, 3]
+        cropped = image[y0:y1, x0:x1, :]  # [Hc, Wc, 3]
         crop_size = cropped.shape[:2]
         self.predictor.set_image(cropped)
-        points_for_image = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]  # [P_all, 2] (x, y) pixels
+        points_for_image = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]  # [Ng, 2] the whole grid, (x, y) pixels
 
         data = _empty_batch()
         for (points,) in amg.batch_iterator(self.points_per_batch, points_for_image):
@@ -187,60 +187,57 @@ class SamAutomaticMaskGenerator:
 
         # Remove duplicates within this crop; the result is in descending predicted-IoU order.
         data.filter(amg.box_nms(data["boxes"], data["iou_preds"], self.box_nms_thresh))
-        data["boxes"] = amg.uncrop_boxes_xyxy(data["boxes"], crop_box)  # [N, 4] image frame
-        data["points"] = amg.uncrop_points(data["points"], crop_box)  # [N, 2] image frame
-        data["crop_boxes"] = np.tile(np.asarray(crop_box, dtype=np.int64), (len(data), 1))  # [N, 4]
+        data["boxes"] = amg.uncrop_boxes_xyxy(data["boxes"], crop_box)  # [M, 4] image frame
+        data["points"] = amg.uncrop_points(data["points"], crop_box)  # [M, 2] image frame
+        data["crop_boxes"] = np.tile(np.asarray(crop_box, dtype=np.int64), (len(data), 1))  # [M, 4]
         return data
 
     def _decode(self, points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Low-res logits [P, K, M, M] and predicted IoUs [P, K] for one foreground point each.
+        """Low-res logits [N, K', R, R] and predicted IoUs [N, K'] for one foreground point each.
 
-        ``points`` [P, 2] are in the model-input frame, float64 as in the official code (its
-        prompt encoder adds 0.5 and divides by the input size in float64, then casts).
+        ``points`` [N, 2] are in the model-input frame, float64 as in the official code (its
+        prompt encoder adds 0.5 and divides by the input size in float64, then casts). The
+        predictor's own decoding method, so the generator runs the predictor's path.
         """
-        model = self.predictor.model
-        coords = points[:, None, :]  # [P, 2] -> [P, 1, 2]
-        labels = np.ones((points.shape[0], 1), dtype=np.int64)  # [P, 1] all foreground
-        sparse, dense = model.prompt_encoder(points=(coords, labels))  # [P, 2, C], [P, C, G, G]
-        return model.mask_decoder(self.predictor.features, model.get_dense_pe(), sparse, dense,
-                                  multimask_output=True,
-                                  image_cache=self.predictor._image_cache())  # [P, K, M, M], [P, K]
+        coords = points[:, None, :]  # [N, 2] -> [N, 1, 2]
+        labels = np.ones((points.shape[0], 1), dtype=np.int64)  # [N, 1] all foreground
+        return self.predictor.predict_low_res(coords, labels, multimask_output=True)  # [N, K', R, R], [N, K']
 
     def _process_batch(self, points: np.ndarray, crop_size, crop_box, orig_size) -> MaskData:
         orig_h, orig_w = orig_size
         model = self.predictor.model
         threshold = np.float32(model.mask_threshold)
-        in_points = self.predictor.transform.apply_coords(points, crop_size)  # [P, 2] float64 input frame
-        low_res, iou_preds = self._decode(in_points)  # [P, K, M, M], [P, K]
-        P, K = iou_preds.shape
-        low_res = low_res.reshape((P * K,) + low_res.shape[2:])  # [P*K, M, M], each point's K rows together
-        iou_preds = iou_preds.reshape(P * K).astype(np.float32)  # [P*K]
-        rows_points = np.repeat(points, K, axis=0)  # [P*K, 2] crop frame
+        in_points = self.predictor.transform.apply_coords(points, crop_size)  # [N, 2] float64 input frame
+        low_res, iou_preds = self._decode(in_points)  # [N, K', R, R], [N, K']
+        N, K = iou_preds.shape  # K = K' here
+        low_res = low_res.reshape((N * K,) + low_res.shape[2:])  # [N*K', R, R], each point's K' rows together
+        iou_preds = iou_preds.reshape(N * K).astype(np.float32)  # [N*K']
+        rows_points = np.repeat(points, K, axis=0)  # [N*K', 2] crop frame
 
         # 1. Predicted IoU (strict >), on the low-res output: no upsampling needed.
-        keep = np.arange(P * K)
+        keep = np.arange(N * K)  # [N*K']
         if self.pred_iou_thresh > 0.0:
             keep = keep[iou_preds > self.pred_iou_thresh]
 
         # 2.-4. Upsample the survivors a few at a time: stability, box, crop-edge filter, RLE.
         out = _empty_batch()
-        for start in range(0, len(keep), _UPSCALE_CHUNK):
-            idx = keep[start:start + _UPSCALE_CHUNK]  # [n]
+        for start in range(0, len(keep), _MASKS_PER_UPSAMPLE):
+            idx = keep[start:start + _MASKS_PER_UPSAMPLE]  # [m]
             logits = model.postprocess_masks(low_res[idx][None], self.predictor.input_size,
-                                             self.predictor.original_size)[0]  # [1, n, M, M] -> [n, h, w]
-            stability = amg.calculate_stability_score(logits, float(threshold), self.stability_score_offset)  # [n]
+                                             self.predictor.original_size)[0]  # [1, m, R, R] -> [m, Hc, Wc]
+            stability = amg.calculate_stability_score(logits, float(threshold), self.stability_score_offset)  # [m]
             ok = np.ones(len(idx), dtype=bool)
             if self.stability_score_thresh > 0.0:
                 ok = stability >= self.stability_score_thresh  # NaN (empty mask) fails
             if not ok.any():
                 continue
-            masks = logits[ok] > threshold  # [n', h, w] bool
+            masks = logits[ok] > threshold  # [m', Hc, Wc] bool
             del logits
-            boxes = amg.batched_mask_to_box(masks)  # [n', 4] crop frame, inclusive
-            edge_ok = ~amg.is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])  # [n']
+            boxes = amg.batched_mask_to_box(masks)  # [m', 4] crop frame, inclusive
+            edge_ok = ~amg.is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])  # [m']
             if not edge_ok.any():
                 continue
-            masks = amg.uncrop_masks(masks[edge_ok], crop_box, orig_h, orig_w)  # [n'', H, W]
+            masks = amg.uncrop_masks(masks[edge_ok], crop_box, orig_h, orig_w)  # [m'', H, W]
             sel = idx[ok][edge_ok]
             out.cat(MaskData(iou_preds=iou_preds[sel], points=rows_points[sel],
                              stability_score=stability[ok][edge_ok], boxes=boxes[edge_ok],
@@ -268,7 +265,7 @@ class SamAutomaticMaskGenerator:
             if not unchanged:
                 new_rles[i] = amg.mask_to_rle(np.asarray(mask, dtype=bool)[None])[0]
             scores.append(float(unchanged))  # 1 for untouched masks: NMS prefers them
-        boxes = np.stack(new_boxes)  # [N, 4]
+        boxes = np.stack(new_boxes)  # [M, 4]
         keep = amg.box_nms(boxes, np.asarray(scores, np.float32), nms_thresh)
         boxes_col = np.array(mask_data["boxes"], copy=True)
         for i in keep:  # only changed masks get their new RLE and box

@@ -113,9 +113,12 @@ def _check_mask_input(m: np.ndarray, raw) -> None:  # [..., M, M]
 
 
 class SamPredictor:
-    def __init__(self, sam_model) -> None:
+    def __init__(self, sam_model, fast: Optional[bool] = None) -> None:
+        """``fast=False`` runs the readable path of :mod:`minisam.modeling` (to step through it);
+        the default follows ``sam_model.fast``: the fused path of :mod:`minisam.kernels`."""
         from minisam.utils.transforms import ResizeLongestSide
         self.model = sam_model
+        self.fast = sam_model.fast if fast is None else bool(fast)
         self.transform = ResizeLongestSide(sam_model.config.img_size)
         self.reset_image()
 
@@ -147,7 +150,7 @@ class SamPredictor:
         self.reset_image()
         self.original_size = tuple(int(v) for v in original_image_size)
         self.input_size = tuple(int(v) for v in x.shape[-2:])
-        self.features = self.model.image_encoder(self.model.preprocess(x), trace=trace)  # [1, C, G, G]
+        self.features = self.model.image_encoder(self.model.preprocess(x), trace=trace, fast=self.fast)  # [1, C, G, G]
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:  # -> [1, C, G, G]
@@ -158,7 +161,7 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features = None
-        self._decoder_cache = None
+        self._decoder_state = None
         self.original_size = None
         self.input_size = None
 
@@ -239,7 +242,7 @@ class SamPredictor:
                                   f"prediction, its third output), got {list(m.shape)}{full}")
             _check_mask_input(m, mask_input)
             masks = _fits_f32("mask_input", m)[None]  # [1, 1, M, M]
-        out_masks, iou, low_res = self._predict_model_frame(coords, labels, boxes, masks, multimask_output,
+        out_masks, iou, low_res = self.predict_torch(coords, labels, boxes, masks, multimask_output,
                                                             return_logits, trace)
         return out_masks[0], iou[0], low_res[0]
 
@@ -278,7 +281,7 @@ class SamPredictor:
             raise PromptError(f"prompt batch sizes differ: {sizes}")
         if masks is not None and masks.size:
             _check_mask_input(m, mask_input)
-        return self._predict_model_frame(coords, labels, bxs, masks, multimask_output, return_logits, trace)
+        return self.predict_torch(coords, labels, bxs, masks, multimask_output, return_logits, trace)
 
     # ----------------------------------------------------------------- internals
 
@@ -323,24 +326,48 @@ class SamPredictor:
             raise PromptError(f"{name} are too large for float32 once scaled to the model input")
         return out
 
-    def _image_cache(self) -> dict:
-        """The decoder's per-image cache (layer 0's image-only projections), for this embedding.
+    def decoder_state(self):
+        """The decoder's inputs that depend on the image alone (:class:`minisam.kernels.mask_decoder.DecoderImageState`:
+        the image tokens, their PE and layer 0's image-side projections), computed on the first
+        prompt after an image is set and kept for the next ones. Tied to the ``features`` array
+        itself, so it starts afresh when code assigns ``predictor.features`` directly."""
+        if not self.is_image_set:
+            raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
+        state = self._decoder_state
+        if state is None or state[0] is not self.features:
+            state = (self.features, self.model.mask_decoder.image_state(self.features, self.model.get_dense_pe()))
+            self._decoder_state = state
+        return state[1]
 
-        Tied to the ``features`` array itself, so it also starts afresh when code assigns
-        ``predictor.features`` directly rather than through set_image / load_embedding.
+    def predict_low_res(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                        multimask_output: bool = True, trace: Optional[dict] = None):
+        """The prompt encoder and mask decoder on prompts in the model input frame, without
+        upsampling: point_coords [N, Np, 2], point_labels [N, Np], boxes [N, 4], mask_input
+        [N, 1, R, R] -> (low_res [N, K', R, R] logits, iou [N, K']).
+
+        :meth:`predict`, :meth:`predict_torch` and the automatic mask generator all decode here.
+        The arrays are used as given (float32, or float64 coordinates as the generator passes
+        them); :meth:`predict` and :meth:`predict_batch` check and scale user prompts first.
+        ``trace`` only observes: the same path runs with and without it.
         """
-        if getattr(self, "_decoder_cache", None) is None or self._decoder_cache["features"] is not self.features:
-            self._decoder_cache = {"features": self.features}
-        return self._decoder_cache
-
-    def _predict_model_frame(self, coords, labels, boxes, masks, multimask_output, return_logits, trace):
-        """``predict_torch``: prompts already in the model input frame."""
+        if not self.is_image_set:
+            raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
         model = self.model
-        points = (coords, labels) if coords is not None else None
-        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks, trace=trace)
-        low_res, iou = model.mask_decoder(self.features, model.get_dense_pe(trace), sparse, dense,
-                                          multimask_output, trace=trace,
-                                          image_cache=self._image_cache() if masks is None else None)  # [B, K', M, M], [B, K']
-        threshold = None if return_logits else model.mask_threshold  # bool masks: fused into the resize
-        out = model.postprocess_masks(low_res, self.input_size, self.original_size, threshold)  # [B, K', H, W]
-        return out, iou, low_res
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input, trace=trace)
+        image_pe = model.get_dense_pe(trace)  # [1, C, G, G]
+        if not self.fast:
+            return model.mask_decoder(self.features, image_pe, sparse, dense, multimask_output,
+                                      trace=trace, fast=False)  # [N, K', R, R], [N, K']
+        return model.mask_decoder.decode(self.decoder_state(), sparse, None if mask_input is None else dense,
+                                         multimask_output, trace=trace)  # [N, K', R, R], [N, K']
+
+    def predict_torch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                      multimask_output: bool = True, return_logits: bool = False, trace: Optional[dict] = None):
+        """``predict_torch``: prompts already in the model input frame (after ``apply_coords_torch`` /
+        ``apply_boxes_torch``) -> (masks [N, K', H, W], iou [N, K'], low_res [N, K', R, R])."""
+        low_res, iou = self.predict_low_res(point_coords, point_labels, boxes, mask_input, multimask_output,
+                                            trace)  # [N, K', R, R], [N, K']
+        threshold = None if return_logits else self.model.mask_threshold  # bool masks: fused into the resize
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size, threshold)  # [N, K', H, W]
+        return masks, iou, low_res

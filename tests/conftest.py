@@ -15,7 +15,7 @@ import pytest
 
 from minisam.config import SamConfig, VIT_B, make_config
 
-# Small configurations that exercise the traps (SAM_NOTES 2.2): windows that need padding,
+# Small configurations that exercise the traps (docs/numerics.md section 4): windows that need padding,
 # one head, odd head dims, global blocks first and last, window == grid.
 TINY_CONFIGS = {
     # grid 8, window 3 -> pad to 9; global block in the middle; 2 heads of 16

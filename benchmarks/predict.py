@@ -76,7 +76,7 @@ class Side:
         (layer 0's image-only projections, filled by the first prompt) is dropped first; the
         official predictor keeps nothing between calls, so its call is unchanged."""
         if self.side == "minisam":
-            self.predictor._decoder_cache = None
+            self.predictor._decoder_state = None
         return self.predict()
 
     def predict_batch(self):

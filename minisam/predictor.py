@@ -14,10 +14,12 @@ Additions: ``save_embedding`` / ``load_embedding`` (.npz) so that the slow encod
 per image and not once per session; every malformed prompt raises :class:`PromptError`, and
 a prompt that is valid but probably not what was meant warns with :class:`PromptWarning`.
 
-Speed (same outputs, bit for bit): the part of the decoder that reads only the image (layer
-0's projections of the image tokens, ~1/4 of the decoder's GEMM work at vit_b size) is
-computed on the first prompt after an image is set and kept for the next ones, for prompts
-without ``mask_input``; boolean masks are thresholded inside the last resize pass.
+Speed (same outputs, bit for bit): the decoder inputs that depend on the image alone (its
+tokens, their positional encoding and layer 0's projections of them, ~1/4 of the decoder's
+GEMM work at vit_b size) are an explicit value, :meth:`decoder_state`, computed on the first
+prompt after an image is set and passed to the fast decoder for the next ones (prompts without
+``mask_input``); boolean masks are thresholded inside the last resize pass.
+``SamPredictor(sam, fast=False)`` runs the readable path of :mod:`minisam.modeling` instead.
 
 What the prompts mean (official PyTorch semantics, ``modeling/prompt_encoder.py``):
 - point labels: ``1`` foreground, ``0`` background, ``-1`` not-a-point (padding: the point's
@@ -36,12 +38,12 @@ What the prompts mean (official PyTorch semantics, ``modeling/prompt_encoder.py`
   code: the decoder then sees only the padding token. ``predict_batch`` with B = 0 returns
   empty arrays (the official ``predict_torch`` fails on them).
 - ``mask_input`` is the **low-res logits** of a previous call (the third output, one mask:
-  ``low_res[i][None]``), [1, M, M] float. A binary mask (0/1, 0/255 or bool) is accepted but
+  ``low_res[i][None]``), [1, R, R] float. A binary mask (0/1, 0/255 or bool) is accepted but
   warns: SAM was trained with its own logits there, and a thresholded mask gives poor masks
   (official issues #169, #242). Full-size masks, other shapes, and non-numeric dtypes are refused.
 
-Shapes: N points, B prompts, K' masks (3 or 1), H x W original image, h x w resized image,
-M = 4G low-res mask side.
+Shapes (``docs/shapes.md``): Np points, N prompts, K' masks (3 or 1), H x W original image,
+Hr x Wr resized image, R low-res mask side.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def _fits_f32(name: str, a: np.ndarray) -> np.ndarray:  # float64 [...] -> float
     return a.astype(np.float32)
 
 
-def _warn_inverted(b: np.ndarray) -> None:  # [B, 4] xyxy in original pixels
+def _warn_inverted(b: np.ndarray) -> None:  # [N, 4] xyxy in original pixels
     bad = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
     if bad.any():
         warnings.warn(f"box {b[bad][0].tolist()} is inverted (x1 < x0 or y1 < y0); it is used as given, as the "
@@ -99,7 +101,7 @@ def _warn_inverted(b: np.ndarray) -> None:  # [B, 4] xyxy in original pixels
                       PromptWarning, stacklevel=3)
 
 
-def _check_mask_input(m: np.ndarray, raw) -> None:  # [..., M, M]
+def _check_mask_input(m: np.ndarray, raw) -> None:  # [..., R, R]
     """Warn when mask_input looks like a thresholded mask rather than logits."""
     values = np.unique(m)
     dtype = np.asarray(raw).dtype
@@ -136,8 +138,8 @@ class SamPredictor:
         if image_format not in ("RGB", "BGR"):
             raise ImageError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         image = to_rgb_uint8(image, image_format)  # [H, W, 3] uint8 in the model's format (RGB)
-        input_image = self.transform.apply_image(image)  # [h, w, 3] uint8, long side = img_size
-        x = np.ascontiguousarray(input_image.transpose(2, 0, 1))[None]  # [1, 3, h, w]
+        input_image = self.transform.apply_image(image)  # [Hr, Wr, 3] uint8, long side = img_size
+        x = np.ascontiguousarray(input_image.transpose(2, 0, 1))[None]  # [1, 3, Hr, Wr]
         self.set_preprocessed_image(x, image.shape[:2], trace=trace)
 
     def set_preprocessed_image(self, transformed_image: np.ndarray, original_image_size: Tuple[int, int],
@@ -213,11 +215,11 @@ class SamPredictor:
                 multimask_output: bool = True, return_logits: bool = False, trace: Optional[dict] = None):
         """Masks for one prompt, in original image pixels.
 
-        point_coords [N, 2] (x, y) pixels; point_labels [N]: 1 foreground, 0 background, -1 padding
+        point_coords [Np, 2] (x, y) pixels; point_labels [Np]: 1 foreground, 0 background, -1 padding
         (2 and 3 are accepted with a warning, anything else is refused; see the module docstring);
-        box [4] x0, y0, x1, y1; mask_input [1, M, M] low-res logits of a previous call (its third
+        box [4] x0, y0, x1, y1; mask_input [1, R, R] low-res logits of a previous call (its third
         output), not a binary mask. Points and boxes may lie outside the image.
-        -> (masks [K', H, W] bool, or float32 logits with return_logits; iou [K']; low_res [K', M, M]).
+        -> (masks [K', H, W] bool, or float32 logits with return_logits; iou [K']; low_res [K', R, R]).
         """
         if not self.is_image_set:
             raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
@@ -225,8 +227,8 @@ class SamPredictor:
         coords = labels = boxes = masks = None
         if point_coords is not None or point_labels is not None:
             pts, labs = self._check_points(point_coords, point_labels, batched=False)
-            coords = _fits_f32("point_coords", self.transform.apply_coords(pts, self.original_size))[None]  # [1, N, 2]
-            labels = labs.astype(np.int32)[None]  # [1, N]
+            coords = _fits_f32("point_coords", self.transform.apply_coords(pts, self.original_size))[None]  # [1, Np, 2]
+            labels = labs.astype(np.int32)[None]  # [1, Np]
         if box is not None:
             b = _as_float("box", box, "[x0, y0, x1, y1]")
             if b.size != 4:
@@ -241,7 +243,7 @@ class SamPredictor:
                 raise PromptError(f"mask_input must have shape [1, {M}, {M}] (low-res logits of a previous "
                                   f"prediction, its third output), got {list(m.shape)}{full}")
             _check_mask_input(m, mask_input)
-            masks = _fits_f32("mask_input", m)[None]  # [1, 1, M, M]
+            masks = _fits_f32("mask_input", m)[None]  # [1, 1, R, R]
         out_masks, iou, low_res = self.predict_torch(coords, labels, boxes, masks, multimask_output,
                                                             return_logits, trace)
         return out_masks[0], iou[0], low_res[0]
@@ -250,8 +252,8 @@ class SamPredictor:
                       multimask_output: bool = True, return_logits: bool = False, trace: Optional[dict] = None):
         """B prompts at once, in original image pixels (official ``predict_torch`` after ``apply_*_torch``).
 
-        point_coords [B, N, 2], point_labels [B, N], boxes [B, 4], mask_input [B, 1, M, M]
-        -> (masks [B, K', H, W], iou [B, K'], low_res [B, K', M, M]).
+        point_coords [N, Np, 2], point_labels [N, Np], boxes [N, 4], mask_input [N, 1, R, R]
+        -> (masks [N, K', H, W], iou [N, K'], low_res [N, K', R, R]).
         """
         if not self.is_image_set:
             raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
@@ -260,22 +262,22 @@ class SamPredictor:
         sizes = {}
         if point_coords is not None or point_labels is not None:
             pts, labs = self._check_points(point_coords, point_labels, batched=True)
-            coords = self._scale_f32(pts, "point_coords")  # [B, N, 2] float32, model input frame
-            labels = labs.astype(np.int32)  # [B, N]
+            coords = self._scale_f32(pts, "point_coords")  # [N, Np, 2] float32, model input frame
+            labels = labs.astype(np.int32)  # [N, Np]
             sizes["point_coords"] = pts.shape[0]
         if boxes is not None:
             b = _as_float("boxes", boxes, "[B, 4]")
             if b.ndim != 2 or b.shape[1] != 4:
                 raise PromptError(f"boxes must have shape [B, 4] (x0, y0, x1, y1), got {list(b.shape)}")
             _warn_inverted(b)
-            bxs = self._scale_f32(b.reshape(-1, 2, 2), "boxes").reshape(-1, 4)  # [B, 4]
+            bxs = self._scale_f32(b.reshape(-1, 2, 2), "boxes").reshape(-1, 4)  # [N, 4]
             sizes["boxes"] = b.shape[0]
         if mask_input is not None:
             m = _as_float("mask_input", mask_input, f"[B, 1, {M}, {M}]")
             if m.ndim != 4 or m.shape[1:] != (1, M, M):
                 raise PromptError(f"mask_input must have shape [B, 1, {M}, {M}] (low-res logits of a previous "
                                   f"prediction), got {list(m.shape)}")
-            masks = _fits_f32("mask_input", m)  # [B, 1, M, M]
+            masks = _fits_f32("mask_input", m)  # [N, 1, R, R]
             sizes["mask_input"] = m.shape[0]
         if len(set(sizes.values())) > 1:
             raise PromptError(f"prompt batch sizes differ: {sizes}")

@@ -125,7 +125,7 @@ for what, n in counts.items():
     before = n
 if not len(keep):
     print(f"  nothing survived: no mask is both confident (predicted IoU > {settings['pred_iou_thresh']}) and "
-          f"stable here; expect this from an untrained model, not from a trained one")
+          f"stable (stability >= {settings['stability_score_thresh']}) at these thresholds")
 
 colours = np.random.default_rng(0)
 fig, axes = plt.subplots(1, 2, figsize=(10, 5))

@@ -100,17 +100,7 @@ def _registered(name: str, checkpoint: Optional[PathLike]):
 
 
 def build_sam_micro(checkpoint: Optional[PathLike] = None):
-    """minisam's small model for synthetic shapes (shipped in ``weights/``; offline default).
-
-    The registry marks whether the shipped file is trained; an untrained placeholder (as in
-    early versions) raises a warning, so that nobody mistakes its masks for what SAM does.
-    """
-    from minisam.checkpoints import registry as weights
-    if checkpoint is None and not weights.entry("micro").get("trained", True):
-        import warnings
-        warnings.warn("the bundled 'micro' weights are an UNTRAINED placeholder (see weights/README.md): "
-                      "its masks are noise; use --model vit_b with the official weights for real masks",
-                      stacklevel=3)
+    """minisam's small model for synthetic shapes (shipped in ``weights/``; offline default)."""
     return _registered("micro", checkpoint)
 
 

@@ -14,13 +14,13 @@ __version__ = "0.1.0"
 from minisam.errors import (CheckpointError, ConfigError, DownloadError, ImageError,  # noqa: F401
                      MinisamError, MinisamWarning, PromptError, PromptWarning)
 
+# Imported now, as the official __init__ does: ``minisam.build_sam`` is then the function, not
+# the module of the same name (which pulls in no Numba).
+from minisam.build_sam import (build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l,  # noqa: E402,F401
+                               sam_model_registry)
+
 _LAZY = {
     "load_state_dict": "minisam.checkpoints.formats",
-    "build_sam": "minisam.build_sam",
-    "sam_model_registry": "minisam.build_sam",
-    "build_sam_vit_b": "minisam.build_sam",
-    "build_sam_vit_l": "minisam.build_sam",
-    "build_sam_vit_h": "minisam.build_sam",
     "Sam": "minisam.modeling.sam",
     "SamConfig": "minisam.config",
     "SamPredictor": "minisam.predictor",
@@ -30,7 +30,8 @@ _LAZY = {
     "thread_info": "minisam.kernels.threads",
 }
 
-__all__ = sorted(list(_LAZY) + ["CheckpointError", "ConfigError", "DownloadError", "ImageError",
+__all__ = sorted(list(_LAZY) + ["build_sam", "build_sam_vit_b", "build_sam_vit_h", "build_sam_vit_l",
+                                "sam_model_registry", "CheckpointError", "ConfigError", "DownloadError", "ImageError",
                                 "MinisamError", "MinisamWarning", "PromptError", "PromptWarning", "__version__"])
 
 

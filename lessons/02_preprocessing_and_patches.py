@@ -3,7 +3,7 @@
 SAM's image encoder sees one fixed input: an S x S float image (S = 1024 for the official
 models, 128 for minisam's micro model). Any photo gets there in three steps (Kirillov et al.
 2023, appendix A; official ``utils/transforms.py`` and ``modeling/sam.py``; minisam
-``minisam/transforms.py``):
+``minisam/utils/transforms.py``):
 
 1. resize so the LONGEST side is S, keeping the aspect ratio (Pillow bilinear, which
    antialiases when shrinking);
@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam.training.shapes import make_scene  # noqa: E402
 from minisam.modeling.image_encoder import patch_embed  # noqa: E402
-from minisam.utils.transforms import ResizeLongestSide, as_rgb_uint8  # noqa: E402
+from minisam.utils.images import to_rgb_uint8  # noqa: E402
+from minisam.utils.transforms import ResizeLongestSide  # noqa: E402
 
 sam = _lesson.load_model(args)
 cfg = sam.config
@@ -41,7 +42,7 @@ enc = sam.params["image_encoder"]
 # Scenes come square; cutting a wide band out of one gives the aspect ratio that makes the
 # padding visible. Its own size is unrelated to S, as a photo's would be.
 scene = make_scene(np.random.default_rng(2), 450)
-photo = as_rgb_uint8(scene.image[75:375])               # [300, 450, 3]; checks dtype and shape
+photo = to_rgb_uint8(scene.image[75:375])               # [300, 450, 3]; checks dtype and shape
 H, W = photo.shape[:2]
 print("photo", photo.shape, photo.dtype)
 

@@ -5,7 +5,7 @@ every block would cost 4096^2 scores per head, so SAM follows ViTDet (Li et al. 
 most blocks attend only inside w x w windows (w = 14 for the official models, 8 for
 micro), and a few blocks attend globally (lesson 04). Kirillov et al. 2023, appendix A;
 official ``modeling/image_encoder.py`` Block, Attention, window_partition,
-add_decomposed_rel_pos; minisam ``minisam/image_encoder.py``.
+add_decomposed_rel_pos; minisam ``minisam/modeling/image_encoder.py``.
 
 What happens in a windowed block:
 1. LayerNorm, then zero-pad the grid to a multiple of the window (64 -> 70 for the official
@@ -35,7 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam.config import VIT_B  # noqa: E402
 from minisam.training.shapes import interior_point, make_scene  # noqa: E402
-from minisam.modeling.image_encoder import linear, rel_pos_terms, window_partition, window_unpartition  # noqa: E402
+from minisam.kernels.image_encoder import linear, rel_pos_terms  # noqa: E402
+from minisam.modeling.image_encoder import window_partition, window_unpartition  # noqa: E402
 from minisam.kernels.layers import softmax_rel_pos_  # noqa: E402
 from minisam.utils.transforms import ResizeLongestSide  # noqa: E402
 

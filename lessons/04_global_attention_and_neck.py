@@ -8,7 +8,7 @@ embedding the mask decoder reads (C = 256 for the official models, 96 for micro)
 1x1 conv -> LayerNorm2d -> 3x3 conv -> LayerNorm2d.
 Kirillov et al. 2023, appendix A; official ``modeling/image_encoder.py`` (Block with
 window_size 0, ImageEncoderViT.neck) and ``modeling/common.py`` (LayerNorm2d); minisam
-``minisam/image_encoder.py``.
+``minisam/modeling/image_encoder.py``.
 
 Memory: a global block at full size holds nH x 4096 x 4096 scores, 805 MB for ViT-B in
 float32. minisam computes them in chunks of query rows (``image_encoder._SCORE_BUDGET``
@@ -32,7 +32,7 @@ args = _lesson.parse_args("04", __doc__.splitlines()[0])
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minisam.modeling import image_encoder as enc  # noqa: E402
+from minisam.kernels import image_encoder as enc  # noqa: E402
 from minisam.config import VIT_B  # noqa: E402
 from minisam.training.shapes import interior_point, make_scene  # noqa: E402
 from minisam.kernels.layers import softmax_rel_pos_  # noqa: E402

@@ -2,7 +2,7 @@
 
 SAM's decoder reads prompts as tokens of C numbers, C = prompt_embed_dim (256 for vit_b, 96
 for the micro model) (Kirillov et al. 2023, section 3, "Prompt encoder"; official
-``modeling/prompt_encoder.py``; minisam ``minisam/prompt_encoder.py``).
+``modeling/prompt_encoder.py``; minisam ``minisam/modeling/prompt_encoder.py``).
 
 - WHERE: a location (x, y) becomes a random-Fourier feature (Tancik et al. 2020): map it to
   [-1, 1]^2, project it on C/2 random directions (a fixed 2 x C/2 Gaussian matrix stored in

@@ -1,7 +1,7 @@
 """Lesson 06: the two-way transformer: prompts read the image, the image reads the prompts.
 
 The mask decoder (Kirillov et al. 2023, section 3 and appendix A, figure 14; official
-``modeling/transformer.py``; minisam ``minisam/transformer.py``) works on two sets of tokens:
+``modeling/transformer.py``; minisam ``minisam/modeling/transformer.py``) works on two sets of tokens:
 - T prompt-side tokens: 1 IoU token + 4 mask tokens (learned) + the sparse prompt tokens
   (lesson 05);
 - N = G x G image tokens (64 x 64 = 4096 for vit_b, 16 x 16 = 256 for micro): the image

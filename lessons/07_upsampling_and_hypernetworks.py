@@ -3,7 +3,7 @@
 After the two-way transformer (lesson 06) the decoder holds an updated image embedding
 (C x G x G: 256 x 64 x 64 for vit_b, 96 x 16 x 16 for micro) and updated output tokens.
 Masks come out in two moves (Kirillov et al. 2023, section 3 "Mask decoder", appendix A;
-official ``modeling/mask_decoder.py`` predict_masks; minisam ``minisam/mask_decoder.py``):
+official ``modeling/mask_decoder.py`` predict_masks; minisam ``minisam/modeling/mask_decoder.py``):
 
 1. Upscale the image embedding 4x with two transposed convolutions, kernel 2 stride 2
    (C -> C/4 channels at 2G x 2G, LayerNorm2d, GELU; -> C/8 channels at 4G x 4G, GELU;

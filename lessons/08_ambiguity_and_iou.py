@@ -2,7 +2,7 @@
 
 One click is ambiguous: a point on a shirt could mean the shirt, the person, or a button.
 SAM's answer (Kirillov et al. 2023, section 3 "Resolving ambiguity"; official
-``modeling/mask_decoder.py`` forward; minisam ``minisam/mask_decoder.py``):
+``modeling/mask_decoder.py`` forward; minisam ``minisam/modeling/mask_decoder.py``):
 
 - the decoder always predicts 4 masks, one per mask token. Token 0 is trained for the
   *unambiguous* case; tokens 1..3 are trained as a set, with only the best of the three
@@ -31,6 +31,7 @@ args = _lesson.parse_args("08", __doc__.splitlines()[0])
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from minisam.modeling.common import mask_iou  # noqa: E402
 from minisam import SamPredictor  # noqa: E402
 from minisam.training.shapes import interior_point, make_scene  # noqa: E402
 from minisam.cli.drawing import show_mask, show_points  # noqa: E402
@@ -40,8 +41,8 @@ cfg = sam.config
 S, M = cfg.img_size, cfg.mask_input_size
 
 
-def iou(a, b):
-    return float((a & b).sum() / max((a | b).sum(), 1))
+def iou(a, b):  # [H, W] bool x2 -> float
+    return float(mask_iou(a, b))
 
 
 def crop_scene(scene, focus, height, zoom=2):

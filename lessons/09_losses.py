@@ -1,6 +1,6 @@
 """Lesson 09: the losses SAM is trained with (focal + dice at 20:1, IoU MSE, min over masks).
 
-Paper: Kirillov et al. 2023, section 3 and appendix A ("Losses"). Code: minisam/losses.py.
+Paper: Kirillov et al. 2023, section 3 and appendix A ("Losses"). Code: minisam/training/losses.py.
 Run: ``MPLBACKEND=Agg python lessons/09_losses.py --out out/09`` (about 5 s, no torch).
 
 SAM predicts, for every pixel, a logit x; p = sigmoid(x) is the probability that the pixel

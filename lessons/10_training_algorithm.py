@@ -1,6 +1,6 @@
 """Lesson 10: SAM's training algorithm, 11 rounds of simulated interactive segmentation.
 
-Paper: Kirillov et al. 2023, appendix A ("Training algorithm"). Code: minisam/training.py.
+Paper: Kirillov et al. 2023, appendix A ("Training algorithm"). Code: minisam/training/interactive.py.
 Deck: "Training Algorithm".
 
 SAM is trained the way it is used: a person clicks, looks at the mask, clicks again where

@@ -9,7 +9,7 @@ and kept only the good, distinct masks. That fully automatic stage produced 1.1 
      (5.9 M more masks), for diversity;
   3. fully automatic: the grid, the filters and NMS below, with no human in the loop.
 Appendix B gives the recipe; the official code is ``automatic_mask_generator.py`` and
-``utils/amg.py``, and minisam's is ``minisam/automatic_mask_generator.py`` and ``minisam/amg.py``.
+``utils/amg.py``, and minisam's is ``minisam/automatic_mask_generator.py`` and ``minisam/utils/amg.py``.
 
 Per point SAM returns three masks (whole, part, sub-part). A mask is kept if
   - its predicted IoU (the model's own quality guess) is > ``pred_iou_thresh`` (0.88);
@@ -39,6 +39,7 @@ args = _lesson.parse_args("11", __doc__.splitlines()[0])
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from minisam.modeling.common import mask_iou  # noqa: E402
 from minisam import SamPredictor  # noqa: E402
 from minisam.utils import amg  # noqa: E402
 from minisam.automatic_mask_generator import SamAutomaticMaskGenerator  # noqa: E402
@@ -158,8 +159,8 @@ for r in records[:3]:
 
 
 # How many true objects did it find? Each true object's best IoU with any generated mask.
-def iou(a, b):
-    return float((a & b).sum() / max((a | b).sum(), 1))
+def iou(a, b):  # [H, W] bool x2 -> float
+    return float(mask_iou(a, b))
 
 
 best = [max([iou(r["segmentation"], t) for r in records] or [0.0]) for t in scene.instance_masks]

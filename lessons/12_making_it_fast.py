@@ -38,7 +38,8 @@ args = _lesson.parse_args("12", __doc__.splitlines()[0], extra=lambda p: p.add_a
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minisam.modeling.image_encoder import _chunked_attention, linear, rel_pos_terms, window_partition  # noqa: E402
+from minisam.kernels.image_encoder import _chunked_attention, linear, rel_pos_terms  # noqa: E402
+from minisam.modeling.image_encoder import window_partition  # noqa: E402
 from minisam.kernels.layers import (add_layer_norm, attention_rel_pos, attention_rel_pos_numpy, gelu,  # noqa: E402
                              layer_norm, softmax_numpy)
 from minisam.kernels.threads import set_num_threads, thread_info  # noqa: E402
@@ -102,7 +103,7 @@ def v0_naive(q, k, v, rel_h, rel_w):
 # v3: blocked. The chunked BLAS path of the global blocks, with a budget that forces chunks
 # of 2 calls here (the real budget is 4M scores: 1024 query rows of a 4096-token call).
 def v3_blocked(q, k, v, rel_h, rel_w):
-    import minisam.modeling.image_encoder as enc
+    import minisam.kernels.image_encoder as enc
     budget, enc._SCORE_BUDGET = enc._SCORE_BUDGET, 2 * T * T
     try:
         return _chunked_attention(q, k, v, rel_h, rel_w, (w, w))  # [N, T, hd]

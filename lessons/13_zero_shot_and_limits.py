@@ -26,6 +26,7 @@ args = _lesson.parse_args("13", __doc__.splitlines()[0])
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from minisam.modeling.common import mask_iou  # noqa: E402
 from minisam import SamPredictor  # noqa: E402
 from minisam.utils.amg import batched_mask_to_box, connected_components  # noqa: E402
 from minisam.training.shapes import interior_point, make_scene  # noqa: E402
@@ -36,8 +37,8 @@ S = sam.config.img_size
 predictor = SamPredictor(sam)
 
 
-def iou(a, b):
-    return float((a & b).sum() / max((a | b).sum(), 1))
+def iou(a, b):  # [H, W] bool x2 -> float
+    return float(mask_iou(a, b))
 
 
 # --- 1. A "detector" with no learning: colour distance from the border colour ----------

@@ -28,8 +28,8 @@ def parse_args(number: str, description: str, extra=None):
 
 
 def load_model(args):
-    from minisam import build_sam, sam_model_registry
-    sam = build_sam(args.checkpoint) if args.checkpoint else sam_model_registry[args.model]()
+    from minisam.cli import model_args
+    sam = model_args.load_model(args)
     c = sam.config
     print(f"model: {args.checkpoint or args.model}: {c.encoder_depth}-block ViT, D={c.encoder_embed_dim}, "
           f"input {c.img_size}x{c.img_size}, grid {c.image_embedding_size}x{c.image_embedding_size}")

@@ -216,7 +216,7 @@ def test_vit_b_matches_official():
 
 
 def test_upsamples_a_few_masks_at_a_time(monkeypatch):
-    """Peak memory: never more than _UPSCALE_CHUNK full-resolution masks at once."""
+    """Peak memory: never more than _MASKS_PER_UPSAMPLE full-resolution masks at once."""
     from minisam import automatic_mask_generator as amg_mod
     _, ours = pair(TINY_CONFIGS["pad_window"], 0)
     seen = []
@@ -230,7 +230,7 @@ def test_upsamples_a_few_masks_at_a_time(monkeypatch):
     gen = SamAutomaticMaskGenerator(ours, progress=False, points_per_batch=64, **LOW)
     records = gen.generate(PHOTO)
     assert len(records) >= 50
-    assert max(s[1] for s in seen) <= amg_mod._UPSCALE_CHUNK
+    assert max(s[1] for s in seen) <= amg_mod._MASKS_PER_UPSAMPLE
     assert sum(s[1] for s in seen) <= 3 * 64  # only IoU-filter survivors are upsampled
 
 

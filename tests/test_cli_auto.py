@@ -88,7 +88,7 @@ def test_errors_are_one_line(tiny_checkpoints, tmp_path, capsys):
         main(["auto", "x.png"])  # --out is required
 
 
-# --- Interrupted folder runs resume; nothing is overwritten without --force (issue 9) ----------
+# --- Interrupted folder runs resume; nothing is overwritten without --force -------------------
 
 def _tree(folder):
     """{relative path: bytes} of every file under folder (hidden ones included)."""

@@ -1,4 +1,6 @@
-"""Parity of minisam.modeling.image_encoder with the official ImageEncoderViT, module by module.
+"""Parity of minisam's image encoder with the official ImageEncoderViT, module by module, on both
+paths: the readable one (``minisam.modeling.image_encoder``) and the fused fast one
+(``minisam.kernels.image_encoder``), and the two paths against each other.
 
 Tolerances (fp32, both sides):
 - tiny configs: 1e-5 x max|ref| for every traced intermediate. One float32 op is ~6e-8
@@ -20,10 +22,12 @@ import torch
 from conftest import TINY_CONFIGS, official_model
 from official import compare, record, torch_device
 from minisam.config import VIT_B
-from minisam.modeling.image_encoder import (get_rel_pos, image_encoder, interpolate_linear, window_partition,
-                                   window_unpartition)
+from minisam.modeling.image_encoder import get_rel_pos, interpolate_linear, window_partition, window_unpartition
 from minisam.checkpoints.param_tree import nest
-import minisam.modeling.image_encoder as enc
+import minisam.kernels.image_encoder as enc
+import minisam.modeling.image_encoder as readable
+
+PATHS = {"readable": readable.image_encoder, "fast": enc.image_encoder}
 
 TINY_RTOL = 1e-5
 VIT_B_RTOL = 1e-4
@@ -42,12 +46,14 @@ def _official_encoder_trace(cfg, seed, x):
     return trace
 
 
-@pytest.mark.parametrize("path", ["auto", "chunked"])
+@pytest.mark.parametrize("path", ["readable", "auto", "chunked"])
 @pytest.mark.parametrize("name", list(TINY_CONFIGS))
 def test_encoder_parity_tiny(name, path, monkeypatch):
-    """"auto": tiny grids run every attention call as a Numba task (kernels.attention_rel_pos);
-    "chunked": force the BLAS path of the vit_b global blocks, with a score budget so small
-    that the query rows are split into chunks too."""
+    """"readable": the readable path of minisam.modeling; on the fast path, "auto": tiny grids
+    run every attention call as a Numba task (kernels.attention_rel_pos); "chunked": force the
+    BLAS path of the vit_b global blocks, with a score budget so small that the query rows are
+    split into chunks too."""
+    image_encoder = PATHS["readable" if path == "readable" else "fast"]
     if path == "chunked":
         monkeypatch.setattr(enc, "_SMALL_T", 0)
         monkeypatch.setattr(enc, "_SCORE_BUDGET", 100)
@@ -129,5 +135,37 @@ def official_vit_b_embedding():
 @pytest.mark.vit_b
 def test_encoder_parity_vit_b():
     x, ref = official_vit_b_embedding()
-    ours = image_encoder(_params(VIT_B, 1234)["image_encoder"], VIT_B, x)
+    ours = enc.image_encoder(_params(VIT_B, 1234)["image_encoder"], VIT_B, x)
+    _VIT_B_CACHE["fast"] = ours
     compare({"image_encoder": ref}, {"image_encoder": ours}, VIT_B_RTOL, label="encoder vit_b")
+
+
+@pytest.mark.vit_b
+def test_readable_encoder_equals_fast_vit_b():
+    """The readable encoder's vit_b embedding against the fast one's (and the official one's),
+    within the vit_b embedding bound: the two paths sum in different orders (one GEMM per
+    layer vs stacked matmuls, a full softmax vs chunks with the rel-pos add fused)."""
+    x, ref = official_vit_b_embedding()
+    params = _params(VIT_B, 1234)["image_encoder"]
+    fast = _VIT_B_CACHE.get("fast")
+    if fast is None:
+        fast = enc.image_encoder(params, VIT_B, x)
+    ours = readable.image_encoder(params, VIT_B, x)
+    compare({"image_encoder": fast}, {"image_encoder": ours}, VIT_B_RTOL, label="encoder vit_b readable vs fast")
+    compare({"image_encoder": ref}, {"image_encoder": ours}, VIT_B_RTOL, label="encoder vit_b readable vs official")
+
+
+@pytest.mark.parametrize("name", list(TINY_CONFIGS))
+def test_fast_encoder_equals_readable_tiny(name):
+    """Every traced intermediate of the fast path against the readable path, 1e-5 x max|ref| as
+    against the official code: the same float32 math, summed in other orders (BLAS blocking of
+    one GEMM per layer, the LayerNorm's 8-lane float64 sums, the chunked softmax)."""
+    cfg = TINY_CONFIGS[name]
+    seed = list(TINY_CONFIGS).index(name)
+    x = np.random.default_rng(seed + 7).standard_normal((2, 3, cfg.img_size, cfg.img_size)).astype(np.float32)
+    params = _params(cfg, seed)["image_encoder"]
+    ref, ours = {}, {}
+    readable.image_encoder(params, cfg, x, trace=ref)
+    enc.image_encoder(params, cfg, x, trace=ours)
+    assert set(ref) == set(ours)
+    compare(ref, ours, TINY_RTOL, label=f"encoder {name} fast vs readable")

@@ -49,7 +49,7 @@ def test_model_card_numbers_hold():
     for k in ("point_best_of_3_iou", "box_iou", "iou_head_picks_best"):
         assert abs(got[k] - card[k]) <= 0.002, k
     assert got["objects"] == card["objects"]
-    # The targets of issue 7 (point best-of-3 >= 0.85, box >= 0.90, IoU head picks the best
+    # The model card's targets (point best-of-3 >= 0.85, box >= 0.90, IoU head picks the best
     # >= 70%) are checked here once a checkpoint meets them; the card says whether this one does.
     assert card["meets_targets"] == (got["point_best_of_3_iou"] >= 0.85 and got["box_iou"] >= 0.90
                                      and got["iou_head_picks_best"] >= 0.70)

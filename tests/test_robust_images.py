@@ -1,5 +1,5 @@
 """Images nobody should have to pre-clean: each is converted by the documented rule
-(``minisam/images.py``) or refused with :class:`ImageError` naming the file or the shape.
+(``minisam/utils/images.py``) or refused with :class:`ImageError` naming the file or the shape.
 
 Where the official tooling has an answer (``scripts/amg.py`` reads files with ``cv2.imread``)
 the converted pixels are compared with OpenCV's, exactly: alpha dropped, palette expanded,

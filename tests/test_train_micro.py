@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from minisam.training.losses import sam_loss
-from minisam.training.micro import MICRO_CONFIG, _predict_masks, sam_loss_torch
+from minisam.config import MICRO as MICRO_CONFIG
+from minisam.training.micro import _predict_masks, sam_loss_torch
 
 from conftest import official_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("iou_outputs", ["best", "all"])
@@ -77,42 +81,25 @@ def test_train_micro_rejects_bad_steps(tmp_path):
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "--steps" in res.stderr
 
 
-def test_interleaved_interactive_steps_and_saved_weights_are_the_ema(tmp_path):
-    """interactive_every=2 runs the 11 rounds on every 2nd step, and with ema_decay the saved
-    checkpoint is the moving average of the raw weights after each step (from the initial
-    weights), not the last raw weights."""
-    from minisam.checkpoints.formats import load_state_dict
-    from minisam.reference.official import build_official
-    from minisam.training.micro import train
-    cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
-    raw = []
-    res = train(3, str(tmp_path), batch_images=1, masks_per_image=2, val_every=3, config=cfg, threads=1,
-                single_round_steps=3, interactive_every=2, box_noise=(0.0, 0.05), ema_decay=0.5, progress=False,
-                on_step=lambda step, model: raw.append({k: v.detach().double().numpy().copy()
-                                                        for k, v in model.named_parameters()}),
-                log=lambda *a: None)
-    assert [r["rounds"] for r in res["history"]] == [1, 11, 1]
-    torch.manual_seed(0)                                  # train() seeds the same way before building
-    ema = {k: v.detach().double().numpy() for k, v in build_official(cfg).named_parameters()}
-    for t, w in enumerate(raw):
-        d = min(0.5, (1 + t) / (10 + t))
-        ema = {k: d * ema[k] + (1 - d) * w[k] for k in w}
-    saved = load_state_dict(res["checkpoint"])
-    moved = 0
-    for k, want in ema.items():
-        got = np.asarray(saved[k], np.float64)
-        # float32 storage and foreach updates against a float64 recursion: a few float32 ulps
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=k)
-        moved += not np.allclose(got, raw[-1][k], rtol=1e-5, atol=1e-6)
-    assert moved > len(ema) // 2                          # and it is not the raw last weights
-
-
-def test_train_micro_rejects_bad_recipe_flags(tmp_path):
-    for flags, word in ((["--box-noise", "0.2,0.1"], "--box-noise"), (["--box-noise", "x"], "--box-noise"),
-                        (["--ema-decay", "1.5"], "--ema-decay"), (["--interactive-every", "-1"], "--interactive-every")):
-        res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "1", "--out", str(tmp_path),
-                              *flags], capture_output=True, text=True, timeout=120)
-        assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and word in res.stderr, (flags, res.stderr)
+def test_shipped_recipe_is_defined_once():
+    """train()'s defaults, the CLI's defaults and the shipped model's training log are the one
+    recipe, SHIPPED_RECIPE: ``train(out_dir=...)`` and ``minisam train-micro --out DIR`` run what
+    made weights/microsam_shapes.pth."""
+    import inspect
+    from minisam.cli import build_parser
+    from minisam.training.micro import SHIPPED_RECIPE, train
+    defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
+    args = vars(build_parser().parse_args(["train-micro", "--out", "x"]))
+    log = json.loads((REPO / "weights" / "microsam_shapes.train_log.json").read_text())
+    for key, value in SHIPPED_RECIPE.items():
+        assert defaults[key] == value, key
+        if key in args:
+            assert args[key] == value, key
+        if key == "warmup":   # None: min(300, steps // 10)
+            assert log[key] == min(300, SHIPPED_RECIPE["steps"] // 10)
+        elif key in log:
+            assert log[key] == value, key
+    assert {"graded_rounds", "single_round_steps", "iou_outputs", "masks_per_image"} <= set(log)
 
 
 def test_lowres_ceiling_equals_torch_area_then_bilinear():

@@ -14,9 +14,9 @@ from hypothesis import given, settings, strategies as st
 
 from minisam.errors import PromptError
 from minisam.training.losses import sam_loss
-from minisam.training.interactive import (INITIAL, MASK_ONLY, POINT, error_regions, mask_box, noisy_box,
-                              round_schedule, sample_error_point, sample_foreground_point,
-                              simulate_interactive, use_multimask)
+from minisam.training.interactive import (INITIAL, MASK_ONLY, NOT_A_POINT, POINT, error_regions, mask_box,
+                                          next_click, noisy_box, round_schedule, sample_error_point,
+                                          sample_foreground_point, simulate_interactive, use_multimask)
 
 LOW = 16  # low-res side of the fakes (256 for real SAM)
 
@@ -69,6 +69,8 @@ class ClickDiskPredictor:
                 logit = np.where(inside, np.maximum(logit, 5.0), logit)
             for (x, y), label in zip(point_coords if point_coords is not None else [],
                                      point_labels if point_labels is not None else []):
+                if label == NOT_A_POINT:   # a pad token has no position
+                    continue
                 disk = (cols - x) ** 2 + (rows - y) ** 2 <= ((i + 1) * self.radius) ** 2
                 logit = np.where(disk, 5.0 if label == 1 else -5.0, logit)
             outs.append(logit)
@@ -141,6 +143,12 @@ def test_error_point_lies_in_error_region(target, seed):
 @given(masks)
 def test_exact_prediction_gives_no_point(target):
     assert sample_error_point(target.copy(), target, 0) is None
+    point, label = next_click(target.copy(), target, 0)          # the round adds the pad token
+    assert label == NOT_A_POINT and point.tolist() == [0.0, 0.0]
+    wrong = target.copy()
+    wrong.flat[0] = not wrong.flat[0]                            # one error pixel: that is the click
+    point, label = next_click(wrong, target, 0)
+    assert point.tolist() == [0.0, 0.0] and label == int(target.flat[0])
 
 
 def test_error_point_is_uniform_over_the_error_region():
@@ -200,9 +208,11 @@ def test_oracle_stops_clicking_and_reports_iou_one(first):
     records = simulate_interactive(oracle, image, target, 0, first_prompt=first)
     assert len(records) == 11 and len(oracle.calls) == 11
     assert all(r.iou == 1.0 for r in records)
-    assert all(r.new_point is None for r in records[1:])        # nothing left to correct
+    # nothing left to correct: each point round adds the not-a-point pad, as the trainer does
+    point_rounds = [r for r in records[1:] if r.kind == POINT]
+    assert point_rounds and all(r.new_label == NOT_A_POINT and not r.new_point.any() for r in point_rounds)
     n_points = 1 if first == "point" else 0
-    assert all(len(r.point_labels) == n_points for r in records)
+    assert all(np.count_nonzero(r.point_labels != NOT_A_POINT) == n_points for r in records)
     assert all((r.box is not None) == (first == "box") for r in records)
     assert [r.multimask for r in records] == [first == "point"] + [False] * 10
 
@@ -239,14 +249,15 @@ def test_simulation_bookkeeping(seed, first):
         if rec.kind == MASK_ONLY:
             assert rec.new_point is None
             assert len(rec.point_labels) == len(prev.point_labels)
-        elif rec.new_point is not None:
+        elif rec.new_label == NOT_A_POINT:
+            assert np.array_equal(prev.mask, target)
+            assert len(rec.point_labels) == len(prev.point_labels) + 1
+        else:
             x, y = rec.new_point.astype(int)
             fn, fp = error_regions(prev.mask, target)
             assert fn[y, x] if rec.new_label == 1 else fp[y, x]
             assert len(rec.point_labels) == len(prev.point_labels) + 1
             np.testing.assert_array_equal(rec.point_coords[-1], rec.new_point)
-        else:
-            assert np.array_equal(prev.mask, target)
     assert not records[0].had_mask_input and model.calls[0]["mask_input"] is None
     # the loss and IoU of each round, recomputed from the model's outputs
     replay = ClickDiskPredictor()

@@ -16,7 +16,8 @@ from segment_anything.utils.transforms import ResizeLongestSide as RefResize
 
 from minisam.config import VIT_B
 from minisam.errors import ImageError
-from minisam.utils.transforms import ResizeLongestSide, as_rgb_uint8, preprocess
+from minisam.utils.images import to_rgb_uint8
+from minisam.utils.transforms import ResizeLongestSide, preprocess
 
 # smaller and larger than 1024, portrait, landscape, square, 1-pixel thin, already 1024
 SIZES = [(600, 900), (1500, 2250), (1999, 777), (17, 5), (1, 700), (1300, 1), (1, 1), (1024, 1024),
@@ -68,47 +69,47 @@ def test_coords_and_boxes(h, w):
     assert ours.apply_coords(ints, (h, w)).dtype == np.float64
 
 
-def test_as_rgb_uint8_formats():
+def test_to_rgb_uint8_formats():
     rgb = _image(13, 9)
-    np.testing.assert_array_equal(as_rgb_uint8(rgb), rgb)
+    np.testing.assert_array_equal(to_rgb_uint8(rgb), rgb)
     # BGR is flipped exactly as SamPredictor.set_image does (image[..., ::-1])
-    np.testing.assert_array_equal(as_rgb_uint8(rgb[..., ::-1], "BGR"), rgb)
+    np.testing.assert_array_equal(to_rgb_uint8(rgb[..., ::-1], "BGR"), rgb)
     grey = rgb[..., 1]
-    np.testing.assert_array_equal(as_rgb_uint8(grey), np.stack([grey] * 3, -1))
-    np.testing.assert_array_equal(as_rgb_uint8(grey[..., None]), np.stack([grey] * 3, -1))
+    np.testing.assert_array_equal(to_rgb_uint8(grey), np.stack([grey] * 3, -1))
+    np.testing.assert_array_equal(to_rgb_uint8(grey[..., None]), np.stack([grey] * 3, -1))
     rgba = np.concatenate([rgb, np.full((13, 9, 1), 7, np.uint8)], -1)
-    np.testing.assert_array_equal(as_rgb_uint8(rgba), rgb)
-    np.testing.assert_array_equal(as_rgb_uint8(rgba[..., [2, 1, 0, 3]], "BGR"), rgb)
+    np.testing.assert_array_equal(to_rgb_uint8(rgba), rgb)
+    np.testing.assert_array_equal(to_rgb_uint8(rgba[..., [2, 1, 0, 3]], "BGR"), rgb)
     # whole-valued floats and in-range ints are images stored in a wider dtype
-    np.testing.assert_array_equal(as_rgb_uint8(rgb.astype(np.float64)), rgb)
-    np.testing.assert_array_equal(as_rgb_uint8(rgb.astype(np.int64)), rgb)
-    out = as_rgb_uint8(rgb[:, ::2])
+    np.testing.assert_array_equal(to_rgb_uint8(rgb.astype(np.float64)), rgb)
+    np.testing.assert_array_equal(to_rgb_uint8(rgb.astype(np.int64)), rgb)
+    out = to_rgb_uint8(rgb[:, ::2])
     assert out.flags.c_contiguous and out.dtype == np.uint8
 
 
 def test_set_image_pipeline_matches_official_bgr_and_grey():
-    """as_rgb_uint8 + apply_image + preprocess == the official set_image path (BGR input)."""
+    """to_rgb_uint8 + apply_image + preprocess == the official set_image path (BGR input)."""
     img = _image(300, 451)
     bgr = np.ascontiguousarray(img[..., ::-1])
     ref_img = RefResize(1024).apply_image(bgr[..., ::-1])                  # set_image flips, then resizes
     ref = _official_preprocess(torch.as_tensor(ref_img).permute(2, 0, 1).contiguous()[None].numpy())
-    t = ResizeLongestSide(1024).apply_image(as_rgb_uint8(bgr, "BGR"))
+    t = ResizeLongestSide(1024).apply_image(to_rgb_uint8(bgr, "BGR"))
     np.testing.assert_array_equal(preprocess(t.transpose(2, 0, 1)[None], VIT_B), ref)
 
 
 @pytest.mark.parametrize("bad", [
     np.zeros((0, 5, 3), np.uint8), np.zeros((4, 0), np.uint8), np.zeros((2, 3, 4, 5), np.uint8),
     np.zeros(7, np.uint8), np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4, 3), bool),
-    np.full((4, 4, 3), 0.5), np.full((4, 4, 3), np.nan), np.full((4, 4, 3), 300, np.int32),
+    np.full((4, 4, 3), 1.5), np.full((4, 4, 3), np.nan), np.full((4, 4, 3), 300, np.int32),
     np.full((4, 4, 3), -1, np.int16), np.zeros((4, 4, 3), complex), "not an image"])
-def test_as_rgb_uint8_refuses(bad):
+def test_to_rgb_uint8_refuses(bad):
     with pytest.raises(ImageError):
-        as_rgb_uint8(bad)
+        to_rgb_uint8(bad)
 
 
 def test_bad_format_and_preprocess_shapes():
     with pytest.raises(ImageError):
-        as_rgb_uint8(np.zeros((4, 4, 3), np.uint8), "RGBA")
+        to_rgb_uint8(np.zeros((4, 4, 3), np.uint8), "RGBA")
     with pytest.raises(ImageError):
         preprocess(np.zeros((1, 3, 1025, 10), np.uint8), VIT_B)
     with pytest.raises(ImageError):

@@ -14,7 +14,8 @@ Allowed globals (everything else -> :class:`CheckpointError` naming it):
 ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``,
 ``torch._utils._rebuild_parameter`` and the ``torch.*Storage`` dtype classes.
 
-SAM_NOTES 3.2 describes the format; 3.5 the Hugging Face key layout (see :mod:`minisam.checkpoints.hf_keys`).
+``docs/numerics.md`` section 7 describes the format, section 8 the Hugging Face key layout
+(see :mod:`minisam.checkpoints.hf_keys`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Hugging Face ``transformers`` SAM key names <-> the official ones.
 
 HF's ``convert_sam_to_hf.py`` renames the official keys by ordered substring replacements
-(SAM_NOTES 3.5). This module holds that forward map (used in tests to write HF-layout files
+(``docs/numerics.md`` section 8). This module holds that forward map (used in tests to write HF-layout files
 from official tensors) and its inverse (used when loading). The inverse is written per
 component so that generic renames such as ``.layer_norm`` -> ``.norm`` never touch
 ``neck.layer_norm1``, ``upscale_layer_norm`` or ``mask_embed.layer_norm1``, which map to

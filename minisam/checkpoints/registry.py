@@ -1,7 +1,7 @@
 """The weights registry and a resumable, checksummed downloader.
 
 The registry (``minisam/checkpoints/registry.json``) lists the official files with URL, byte size,
-MD5 (the 6 hex digits in each file name are its prefix) and SHA-256 (SAM_NOTES 3.1).
+MD5 (the 6 hex digits in each file name are its prefix) and SHA-256 (``docs/numerics.md`` section 7).
 
 Where weights live: ``$MINISAM_WEIGHTS`` if set, else ``weights/`` of a source checkout,
 else the user cache folder (``$XDG_CACHE_HOME/minisam`` or ``~/.cache/minisam``).

@@ -1,6 +1,6 @@
 """The ``minisam`` command line (also ``python -m minisam``).
 
-Each subcommand lives in ``minisam/commands/<name>.py`` and provides
+Each subcommand lives in ``minisam/cli/<name>.py`` and provides
 ``add_parser(subparsers)`` and ``run(args) -> int``. Errors that minisam raises on purpose
 (:class:`minisam.MinisamError`) and bad arguments end the program with one clear line on
 stderr and a non-zero exit code (2 for usage errors, 1 otherwise), never a traceback.
@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from minisam.errors import MinisamError
 
-# Order shown in --help. A module that is not there yet is simply not offered.
+# Order shown in --help.
 COMMANDS = ["demo", "segment", "auto", "parity", "weights", "train_micro"]
 
 
@@ -33,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = import_module(f"minisam.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"minisam.cli.{name}":
-                continue
-            raise
+        module = import_module(f"minisam.cli.{name}")
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
     return parser

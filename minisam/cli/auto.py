@@ -32,7 +32,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 from minisam.errors import ImageError, MinisamError
-from minisam.cli.segment import add_model_args, load_image, load_model
+from minisam.cli.model_args import add_model_args, load_model
+from minisam.utils.images import read_image
 
 CSV_HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
               "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
@@ -226,7 +227,7 @@ def run(args) -> int:
             skipped += 1
             continue
         try:
-            image = load_image(t)
+            image = read_image(t)
         except ImageError:
             print(f"Could not load '{t}' as an image, skipping...")
             continue

@@ -8,8 +8,9 @@ Runs on the shipped small model (``micro``) with no network and no torch.
 
 from __future__ import annotations
 
-import os
 import time
+
+from minisam.cli.model_args import add_model_args
 
 
 def add_parser(sub):
@@ -17,32 +18,26 @@ def add_parser(sub):
                        description="Segment a synthetic scene with a point, a box and the automatic mask "
                                    "generator; write one figure and print the IoUs.")
     p.add_argument("--out", default="minisam_demo", help="output folder (default: minisam_demo)")
-    p.add_argument("--model", default=None, help="registered model name (default: micro)")
-    p.add_argument("--checkpoint", default=None, help="a checkpoint file instead of a registered model")
+    add_model_args(p)
     p.add_argument("--seed", type=int, default=3, help="which synthetic scene")
     p.add_argument("--force", action="store_true", help="overwrite an existing figure")
     return p
 
 
-def _iou(a, b) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
-
-
 def run(args) -> int:
     import numpy as np
 
-    from minisam.build_sam import DEFAULT_MODEL, build_sam, sam_model_registry
+    from minisam.build_sam import DEFAULT_MODEL
+    from minisam.cli.model_args import load_model
     from minisam.training.shapes import interior_point, make_scene
     from minisam.errors import MinisamError
+    from minisam.modeling.common import mask_iou
     from minisam.training.interactive import mask_box
     from minisam.cli.drawing import prepare_out_file
 
     t0 = time.time()
     fig_path = prepare_out_file(args.out, "demo.png", force=args.force)
-    if args.checkpoint:
-        sam = build_sam(args.checkpoint)
-    else:
-        sam = sam_model_registry[args.model or DEFAULT_MODEL]()
+    sam = load_model(args)
     from minisam.automatic_mask_generator import SamAutomaticMaskGenerator
     from minisam.predictor import SamPredictor
 
@@ -57,14 +52,14 @@ def run(args) -> int:
     point = interior_point(target) - 0.5
     masks, scores, _ = predictor.predict(point_coords=point[None], point_labels=np.array([1]))
     best = int(np.argmax(scores))
-    point_ious = [_iou(m, target) for m in masks]
+    point_ious = [mask_iou(m, target) for m in masks]
     box = mask_box(target)
     box_mask, box_score, _ = predictor.predict(box=box, multimask_output=False)
-    box_iou = _iou(box_mask[0], target)
+    box_iou = mask_iou(box_mask[0], target)
     generator = SamAutomaticMaskGenerator(sam, points_per_side=16, pred_iou_thresh=0.8,
                                           stability_score_thresh=0.9, progress=False)
     records = generator.generate(scene.image)
-    auto_best = [max([_iou(r["segmentation"], m) for r in records] or [0.0]) for m in objects]
+    auto_best = [max([mask_iou(r["segmentation"], m) for r in records] or [0.0]) for m in objects]
 
     print(f"model: {sam.config.encoder_depth}-block ViT, {size}x{size} input "
           f"({'checkpoint ' + args.checkpoint if args.checkpoint else args.model or DEFAULT_MODEL})")

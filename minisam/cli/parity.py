@@ -31,7 +31,7 @@ TOL_TRACE, TOL_LOGITS, TOL_IOU, TOL_MASK = 1e-4, 1e-3, 1e-3, 1e-4
 
 
 def add_parser(sub):
-    from minisam.cli.segment import add_model_args
+    from minisam.cli.model_args import add_model_args
     p = sub.add_parser("parity", help="compare minisam with the official PyTorch code, module by module",
                        description="Run the official segment_anything code and minisam on the same weights, "
                                    "image and prompts; print max abs/rel error of every traced module.")
@@ -104,11 +104,11 @@ def _fingerprint(params_flat: Dict[str, np.ndarray]) -> str:
 
 
 def _load_image(path):
-    from minisam.cli.segment import load_image
+    from minisam.utils.images import read_image
     if path is None:
         import matplotlib.cbook as cbook
         path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    return load_image(str(path))
+    return read_image(str(path))
 
 
 # ----------------------------------------------------------------------------- official side
@@ -116,36 +116,18 @@ def _load_image(path):
 def _official(cfg, params_flat, device_choice: str):
     try:
         import torch
-        from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                               TwoWayTransformer)
+        import segment_anything  # noqa: F401  (only to fail early with a clear message)
     except ImportError as exc:
         raise MinisamError(f"parity needs torch and segment_anything ({exc}); install them "
                            "(pip install torch segment-anything) or use --against FILE") from None
-    from functools import partial
+    from minisam.reference.official import build_official
     if device_choice == "auto":
         device_choice = "cuda" if torch.cuda.is_available() else "cpu"
     if device_choice == "cuda" and not torch.cuda.is_available():
         raise MinisamError("--torch-device cuda: torch sees no CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    G = cfg.image_embedding_size
-    model = Sam(  # as segment_anything.build_sam._build_sam, at minisam's configuration
-        image_encoder=ImageEncoderViT(
-            depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=cfg.img_size,
-            mlp_ratio=cfg.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=cfg.encoder_num_heads, patch_size=cfg.patch_size, qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=list(cfg.encoder_global_attn_indexes), window_size=cfg.window_size,
-            out_chans=cfg.prompt_embed_dim),
-        prompt_encoder=PromptEncoder(embed_dim=cfg.prompt_embed_dim, image_embedding_size=(G, G),
-                                     input_image_size=(cfg.img_size, cfg.img_size), mask_in_chans=cfg.mask_in_chans),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=cfg.num_multimask_outputs,
-            transformer=TwoWayTransformer(depth=cfg.decoder_depth, embedding_dim=cfg.prompt_embed_dim,
-                                          mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads,
-                                          attention_downsample_rate=cfg.attention_downsample_rate),
-            transformer_dim=cfg.prompt_embed_dim, iou_head_depth=cfg.iou_head_depth,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim),
-        pixel_mean=list(cfg.pixel_mean), pixel_std=list(cfg.pixel_std))
+    model = build_official(cfg)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params_flat.items()}, strict=True)
     model.eval().to(device_choice)
     name = torch.cuda.get_device_name(0) if device_choice == "cuda" else "CPU"
@@ -240,7 +222,7 @@ def _load_dump(path):
 
 def run(args) -> int:
     from minisam.checkpoints.param_tree import flatten
-    from minisam.cli.segment import load_model
+    from minisam.cli.model_args import load_model
     sam = load_model(args)
     params_flat = flatten(sam.params)
     fingerprint = _fingerprint(params_flat)

@@ -21,7 +21,9 @@ import os
 
 import numpy as np
 
+from minisam.cli.model_args import add_model_args, load_model
 from minisam.errors import MinisamError, PromptError
+from minisam.utils.images import read_image
 
 
 def _numbers(text: str, counts, what: str):
@@ -49,27 +51,6 @@ def box_arg(text: str):
     if x1 < x0 or y1 < y0:
         raise argparse.ArgumentTypeError(f"--box needs X0 <= X1 and Y0 <= Y1, got {text!r}")
     return [x0, y0, x1, y1]
-
-
-def add_model_args(p) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--model", default=None, metavar="NAME",
-                   help="registered weights to use (micro, vit_b, vit_l, vit_h; default micro, the shipped "
-                        "small model trained on synthetic shapes)")
-    g.add_argument("--checkpoint", default=None, metavar="PATH", help="an official-format .pth checkpoint")
-
-
-def load_model(args):
-    from minisam.build_sam import DEFAULT_MODEL, build_sam, sam_model_registry
-    if args.checkpoint is not None:
-        return build_sam(args.checkpoint)
-    return sam_model_registry[args.model or DEFAULT_MODEL]()
-
-
-def load_image(path: str) -> np.ndarray:  # -> [H, W, 3] uint8 RGB
-    """:func:`minisam.utils.images.read_image` (kept under this name for the other commands)."""
-    from minisam.utils.images import read_image
-    return read_image(path)
 
 
 def add_parser(sub):
@@ -127,7 +108,7 @@ def run(args) -> int:
     from minisam.cli.drawing import prepare_out_file
     if not args.point and args.box is None:
         raise PromptError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
-    image = load_image(args.image)
+    image = read_image(args.image)
     names = [f"mask_{k}.png" for k in range(1 if args.single else 3)] + ["overlay.png", "scores.json"]
     prepare_out_file(args.out, names[0], force=True)  # creates DIR, or says why it cannot be written
     existing = [n for n in names if os.path.exists(os.path.join(args.out, n))]

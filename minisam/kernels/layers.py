@@ -8,7 +8,7 @@ A kernel is a serial ``nogil`` function over a range of tasks (row blocks, atten
 an empty Numba cache) take ~2x longer; per task the arithmetic is identical. ``tests/test_kernels.py`` holds each pair equal with hypothesis.
 The public functions (``layer_norm``, ``gelu``, ``softmax`` ...) call the Numba kernels.
 
-Numerics follow the official PyTorch modules (SAM_NOTES 2.2, 2.7):
+Numerics follow the official PyTorch modules (``docs/numerics.md`` sections 3 and 4):
 - LayerNorm (``torch.nn.LayerNorm``, ``modeling/common.py`` LayerNorm2d): biased variance,
   ``(x - mean) / sqrt(var + eps) * w + b``. The row mean and variance are accumulated in
   float64, in 8 independent partial sums (a tiny per-task scratch, no float64 tensors) so

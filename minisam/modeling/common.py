@@ -1,4 +1,4 @@
-"""The small pieces every model part uses: linear, LayerNorm, GELU, softmax, mask IoU and boxes.
+"""The small pieces every model part uses: linear, LayerNorm, GELU, softmax, mask IoU.
 
 Paper: Kirillov et al. 2023, section 3 and appendix A. Mirrors ``segment_anything/modeling/common.py``
 (``MLPBlock``, ``LayerNorm2d``) and the ``torch.nn`` layers the official modules are built from
@@ -86,24 +86,15 @@ def mlp_block(x, lin1, lin2, act):  # [..., C] -> [..., C]
 
 # --------------------------------------------------------------------------- masks
 
-def mask_iou(a, b) -> np.ndarray:  # [..., H, W] bool x2 -> [...] float64
-    """Intersection over union of binary masks over the last two axes; 1.0 when both are empty
-    (two empty masks agree perfectly), the convention of the training simulation and the tests."""
+def mask_iou(a, b, axes=(-2, -1)) -> np.ndarray:  # [..., H, W] bool x2 -> [...] float64
+    """Intersection over union of binary masks over ``axes``: ``|a & b| / max(|a | b|, 1)``, so
+    two empty masks score 0 (SAM 2's trainer uses the same convention; an empty target never
+    occurs in SA-1B)."""
     a = np.asarray(a, bool)
     b = np.asarray(b, bool)
-    inter = np.logical_and(a, b).sum((-2, -1))  # [...]
-    union = np.logical_or(a, b).sum((-2, -1))  # [...]
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)  # [...]
-
-
-def mask_to_box(mask) -> np.ndarray:  # [H, W] bool -> [4] float64 xyxy
-    """The tight box around a binary mask, ``[x0, y0, x1, y1]`` with x1, y1 the last column and
-    row that are on (inclusive pixel indexes, as ``utils/amg.py``'s ``batched_mask_to_box``);
-    all zeros for an empty mask, as the official helper returns."""
-    ys, xs = np.nonzero(np.asarray(mask, bool))  # [n], [n]
-    if ys.size == 0:
-        return np.zeros(4, np.float64)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64)  # [4]
+    inter = np.logical_and(a, b).sum(axis=axes)  # [...]
+    union = np.logical_or(a, b).sum(axis=axes)  # [...]
+    return inter / np.maximum(union, 1)  # [...]
 
 
 # --------------------------------------------------------------------------- resizes

@@ -40,11 +40,12 @@ Shape alphabet: H, W image pixels; N points; K mask outputs (3 or 1); S low-res 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from minisam.errors import PromptError
+from minisam.modeling.common import mask_iou
 from minisam.training.losses import sam_loss
 
 INITIAL, POINT, MASK_ONLY = "initial", "point", "mask_only"
@@ -88,11 +89,11 @@ def sample_foreground_point(mask, rng) -> np.ndarray:
 
 def mask_box(mask) -> np.ndarray:
     """Tight XYXY box of ``mask`` [H, W]: [4] float32, max corner inclusive (as in amg.py)."""
+    from minisam.utils.amg import batched_mask_to_box  # here: utils.amg loads Numba, the CLI's parser need not
     mask = _as_mask(mask)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    if not mask.any():
         raise PromptError("target_mask is empty: it has no bounding box")
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)   # [4]
+    return batched_mask_to_box(mask).astype(np.float32)         # [4]
 
 
 def noisy_box(mask, rng, noise: float = 0.1, max_noise: float = 20.0) -> np.ndarray:
@@ -138,6 +139,23 @@ def sample_error_point(pred, target, rng) -> Optional[Tuple[np.ndarray, int]]:
     return np.array([col, row], dtype=np.float32), label
 
 
+NOT_A_POINT = -1  # the prompt encoder's label of a padding token: no position, not_a_point_embed
+
+
+def next_click(previous, target, rng) -> Tuple[np.ndarray, int]:
+    """The click of a point round: ``((x, y) [2] float32, label)`` drawn uniformly from the error
+    region of ``previous`` (the mask passed on) against ``target``, label 1 in a false
+    negative and 0 in a false positive. When ``previous`` is exact there is nothing to
+    correct, and the round adds the not-a-point token ``((0, 0), -1)`` instead: every round
+    adds one prompt token, so that all targets of a training batch keep the same number of
+    tokens (the rule the batched trainer needs), and a single run and a batched one see the
+    same prompts."""
+    sampled = sample_error_point(previous, target, rng)
+    if sampled is None:
+        return np.zeros(2, np.float32), NOT_A_POINT
+    return sampled
+
+
 def use_multimask(num_points: int, has_box: bool, has_mask: bool = False) -> bool:
     """Three outputs only for a lone point, the one ambiguous prompt ("we only use multiple
     outputs when a single ambiguous prompt is given"): a box counts as two points (SAM 2), and
@@ -153,8 +171,8 @@ class RoundRecord:
     point_coords: np.ndarray         # [N, 2] every point so far, (x, y)
     point_labels: np.ndarray         # [N] 1 positive, 0 negative
     box: Optional[np.ndarray]        # [4] XYXY or None
-    new_point: Optional[np.ndarray]  # [2] the point added this round, or None
-    new_label: Optional[int]
+    new_point: Optional[np.ndarray]  # [2] the point added this round ((0, 0) for a pad), or None
+    new_label: Optional[int]         # 1, 0, or -1 (NOT_A_POINT: the previous mask was exact)
     had_mask_input: bool             # previous round's best low-res logits were given
     multimask: bool
     iou_pred: np.ndarray             # [K] the IoU head's scores
@@ -163,11 +181,6 @@ class RoundRecord:
     loss: float                      # sam_loss total of this round's K outputs
     loss_index: int                  # the output sam_loss supervises (argmin of 20 focal + dice)
     mask: np.ndarray = field(repr=False)   # [H, W] bool the chosen mask
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / max(union, 1))
 
 
 def simulate_interactive(predictor, image, target_mask, rng, first_prompt: Optional[str] = None,
@@ -215,15 +228,14 @@ def simulate_interactive(predictor, image, target_mask, rng, first_prompt: Optio
             else:
                 box = noisy_box(target, rng)
         elif kind == POINT:
-            sampled = sample_error_point(previous, target, rng)
-            if sampled is not None:                              # exact mask: nothing to click
-                new_point, new_label = sampled
+            new_point, new_label = next_click(previous, target, rng)   # a pad token if exact
         elif kind != MASK_ONLY:
             raise PromptError(f"unknown round kind {kind!r} in schedule")
         if new_point is not None:
             coords = np.concatenate([coords, new_point[None]])  # [N, 2] -> [N+1, 2]
             labels = np.append(labels, new_label)                # [N+1]
-        multimask = use_multimask(len(labels), box is not None, mask_input is not None)
+        num_points = int(np.count_nonzero(labels != NOT_A_POINT))
+        multimask = use_multimask(num_points, box is not None, mask_input is not None)
         has_points = len(labels) > 0
         logits, iou_pred, low_res = predictor.predict(
             point_coords=coords.copy() if has_points else None,
@@ -239,7 +251,7 @@ def simulate_interactive(predictor, image, target_mask, rng, first_prompt: Optio
             round=number, kind=kind, point_coords=coords.copy(), point_labels=labels.copy(),
             box=None if box is None else box.copy(), new_point=new_point, new_label=new_label,
             had_mask_input=mask_input is not None, multimask=multimask, iou_pred=iou_pred,
-            chosen_index=chosen, iou=_iou(mask, target), loss=loss, loss_index=loss_index, mask=mask))
+            chosen_index=chosen, iou=float(mask_iou(mask, target)), loss=loss, loss_index=loss_index, mask=mask))
         mask_input = np.asarray(low_res[chosen], np.float32)[None]   # [S, S] -> [1, S, S] logits
         previous = mask
     return records

@@ -30,6 +30,7 @@ from typing import Tuple, Union
 import numpy as np
 
 from minisam.errors import MinisamError
+from minisam.modeling.common import mask_iou as mask_iou_binary
 
 #: Paper weights: focal : dice = 20 : 1, IoU MSE at 1.0 (appendix A).
 FOCAL_WEIGHT = 20.0
@@ -171,10 +172,7 @@ def mask_iou(logits, targets) -> np.ndarray:
     logits, targets = _check_pair(logits, targets, "mask_iou")
     pred = logits > 0                                            # [M, H, W] the mask_threshold
     gt = targets > 0.5                                           # [M, H, W]
-    axes = _pixel_axes(logits)
-    inter = np.logical_and(pred, gt).sum(axis=axes)              # [M]
-    union = np.logical_or(pred, gt).sum(axis=axes)               # [M]
-    return (inter / np.maximum(union, 1)).astype(logits.dtype)   # [M]
+    return mask_iou_binary(pred, gt, axes=_pixel_axes(logits)).astype(logits.dtype)   # [M]
 
 
 def iou_mse_loss(iou_pred, logits, targets, grad: bool = False):

@@ -5,7 +5,7 @@ reach, so minisam ships its own small model with SAM's architecture, trained her
 paper's recipe (Kirillov et al. 2023, section 3 "Losses and training", appendix A):
 
 - the model is the official ``segment_anything.modeling`` code at a small configuration
-  (:data:`MICRO_CONFIG`), trained with torch autograd; minisam then loads the saved
+  (:data:`minisam.config.MICRO`), trained with torch autograd; minisam then loads the saved
   ``state_dict`` with its own torch-free loader, like any official checkpoint;
 - mask loss ``20 * focal + dice``, IoU head trained with MSE against the IoU of the predicted
   mask, and with three outputs only the lowest-loss one is supervised (:func:`sam_loss_torch`,
@@ -14,8 +14,10 @@ paper's recipe (Kirillov et al. 2023, section 3 "Losses and training", appendix 
   then points sampled from the error region with the previous logits fed back as the mask
   prompt, and mask-only rounds (in the shipped recipe the last 500 of 8000 steps; the others
   supervise the first prompt only, a point and a box for every target);
-- AdamW with linear warm-up and cosine decay. Options tried and not adopted (measured in
-  ``weights/README.md``): 11-round steps interleaved, a range of box noise, EMA weights.
+- AdamW with linear warm-up and cosine decay.
+
+The shipped model's recipe is :data:`SHIPPED_RECIPE`: ``train(out_dir=...)`` with no other
+argument and ``minisam train-micro --out DIR`` both run it.
 
 torch is needed only here (the ``train`` extra); :func:`evaluate` uses minisam alone.
 Shape alphabet: B images, K target masks per image, M mask outputs (3 or 1), N points,
@@ -24,7 +26,6 @@ H, W image pixels (128 for micro), S low-res side (64), C prompt dim.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -35,10 +36,16 @@ import numpy as np
 
 from minisam.config import MICRO
 from minisam.training.shapes import interior_point, make_scene
-from minisam.training.interactive import (MASK_ONLY, mask_box, noisy_box, round_schedule, sample_error_point,
-                       sample_foreground_point, use_multimask)
+from minisam.training.interactive import (MASK_ONLY, mask_box, next_click, noisy_box, round_schedule,
+                                          sample_foreground_point, use_multimask)
 
-MICRO_CONFIG = MICRO  # see minisam/config.py
+# The recipe of the shipped weights/microsam_shapes.pth: the defaults of train() and of
+# ``minisam train-micro``. ``single_round_steps``: a curriculum, the first steps supervise the
+# initial prompt only (a point and a box for every target); the rest run all 11 rounds.
+# ``warmup=None``: min(300, steps // 10) linear warm-up steps (300 for the shipped 8000).
+SHIPPED_RECIPE = dict(steps=8000, single_round_steps=7500, batch_images=4, masks_per_image=8, lr=8e-4,
+                      weight_decay=0.05, warmup=None, graded_rounds=4, clip_grad=1.0, iou_outputs="all",
+                      val_every=500)
 
 # Scene seeds: training draws from TRAIN_SEED's stream; validation and the held-out evaluation
 # use seeds that training never touches.
@@ -101,7 +108,7 @@ def _predict_masks(decoder, embeddings, image_pe, sparse, dense, multimask):
 
 
 def _interactive_rounds(model, embeddings, targets_np, rng, first_prompt, size, graded_rounds=4, rounds=None,
-                        iou_outputs="best", box_noise=(0.1, 0.1)):
+                        iou_outputs="best"):
     """The 11 rounds for P target masks (each with its image's embedding [P, C, G, G]).
 
     Losses are taken where the masks are used: the low-res logits [P, M, S, S] upsampled
@@ -114,10 +121,6 @@ def _interactive_rounds(model, embeddings, targets_np, rng, first_prompt, size, 
     All 11 rounds run, but to fit a CPU budget only ``graded_rounds`` of them are supervised
     (round 1 and a random choice of the others; the rest run under no_grad). Returns the mean
     loss over the supervised rounds.
-
-    ``box_noise=(lo, hi)``: each box's noise std, as a fraction of its side, is drawn uniformly
-    from [lo, hi] (the paper's fixed 10% is ``(0.1, 0.1)``), so that boxes from tight to loose
-    are all seen.
     """
     import torch
     import torch.nn.functional as F
@@ -128,8 +131,7 @@ def _interactive_rounds(model, embeddings, targets_np, rng, first_prompt, size, 
     labels = np.zeros((P, 0), np.int64)                                  # [P, N]
     boxes = None
     if first_prompt == "box":
-        boxes = torch.from_numpy(np.stack([noisy_box(t, rng, noise=float(rng.uniform(*box_noise)))
-                                           for t in targets_np]))                             # [P, 4]
+        boxes = torch.from_numpy(np.stack([noisy_box(t, rng) for t in targets_np]))        # [P, 4]
     else:
         coords = np.stack([sample_foreground_point(t, rng) for t in targets_np])[:, None]   # [P, 1, 2]
         labels = np.ones((P, 1), np.int64)
@@ -139,13 +141,9 @@ def _interactive_rounds(model, embeddings, targets_np, rng, first_prompt, size, 
                                   replace=False).tolist())
     for r, kind in enumerate(schedule):
         if r > 0 and kind != MASK_ONLY:
-            new_pts, new_lbl = [], []
-            for k in range(P):
-                got = sample_error_point(preds[k], targets_np[k], rng)
-                if got is None:   # nothing to correct: a not-a-point pad token (label -1)
-                    new_pts.append(np.zeros(2, np.float32)); new_lbl.append(-1)
-                else:
-                    new_pts.append(got[0]); new_lbl.append(got[1])
+            clicks = [next_click(preds[k], targets_np[k], rng) for k in range(P)]
+            new_pts = [point for point, _ in clicks]
+            new_lbl = [label for _, label in clicks]
             coords = np.concatenate([coords, np.stack(new_pts)[:, None]], 1)          # [P, N+1, 2]
             labels = np.concatenate([labels, np.array(new_lbl)[:, None]], 1)          # [P, N+1]
         multimask = use_multimask(coords.shape[1], boxes is not None, mask_input is not None)
@@ -202,29 +200,21 @@ def _val_torch(model, scenes, size):
     return float(np.mean(ious_pt)), float(np.mean(ious_box))
 
 
-def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 4, masks_per_image: int = 8,
-          lr: float = 8e-4, weight_decay: float = 0.05, warmup: Optional[int] = None, val_every: int = 500,
-          graded_rounds: int = 4, clip_grad: Optional[float] = 1.0, single_round_steps: int = 0,
-          iou_outputs: str = "all", interactive_every: int = 0, box_noise=(0.1, 0.1),
-          ema_decay: Optional[float] = None, config=None, on_step=None,
+def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", seed: int = TRAIN_SEED,
+          batch_images: int = SHIPPED_RECIPE["batch_images"], masks_per_image: int = SHIPPED_RECIPE["masks_per_image"],
+          lr: float = SHIPPED_RECIPE["lr"], weight_decay: float = SHIPPED_RECIPE["weight_decay"],
+          warmup: Optional[int] = SHIPPED_RECIPE["warmup"], val_every: int = SHIPPED_RECIPE["val_every"],
+          graded_rounds: int = SHIPPED_RECIPE["graded_rounds"], clip_grad: Optional[float] = SHIPPED_RECIPE["clip_grad"],
+          single_round_steps: int = SHIPPED_RECIPE["single_round_steps"],
+          iou_outputs: str = SHIPPED_RECIPE["iou_outputs"], config=None, on_step=None,
           threads: Optional[int] = None, progress: bool = True, log=print) -> Dict:
-    """Train :data:`MICRO_CONFIG` for ``steps`` steps; write ``microsam_shapes.pth`` and a log to ``out_dir``.
+    """Train :data:`minisam.config.MICRO` for ``steps`` steps; write ``microsam_shapes.pth`` and a
+    log to ``out_dir``. The defaults are :data:`SHIPPED_RECIPE`.
 
     The first ``single_round_steps`` steps supervise the initial prompt only, and give every
-    target both a point and a box: two decoder passes on one encoder pass. Measured with 2
-    threads and 4 images (an earlier session, on a slower day of this machine): one prompt for
-    each of up to 6 masks an image took 0.58 s a step, both prompts for up to 8 masks 0.86 s
-    (2.3x the supervised prompts for 1.5x the time). The rest run the full 11-round simulation
-    from a point or a box. In the shipped run (2026-12-02) a single-prompt step took 0.42 s and an
-    11-round step ~1.0 s; the same code has run 2-3x slower here on other days.
-    ``interactive_every=k`` makes every k-th step of that first phase an 11-round step too, so
-    the interactive skill is learned all along instead of in a last phase (measured in the model
-    card: not better overall). ``iou_outputs`` is passed to :func:`sam_loss_torch`,
-    ``box_noise`` to :func:`_interactive_rounds`.
-
-    ``ema_decay``: keep an exponential moving average of the weights (decay ``min(ema_decay,
-    (1 + t) / (10 + t))`` at step t) and validate and save it instead of the raw weights; the
-    average of the last few hundred small-batch steps is a less noisy model than the last step.
+    target both a point and a box: two decoder passes on one encoder pass (2.3x the supervised
+    prompts for 1.5x the time of one prompt, measured with 2 threads and 4 images). The rest
+    run the full 11-round simulation from a point or a box. ``iou_outputs`` is passed to :func:`sam_loss_torch`.
     """
     import torch
     from tqdm import tqdm
@@ -234,14 +224,11 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cfg = config or MICRO_CONFIG
+    cfg = config or MICRO
     size = cfg.img_size
     model = build_official(cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
-    shipped = ema if ema is not None else model     # what is validated and saved
-    box_noise = tuple(float(v) for v in box_noise)
     warmup = warmup if warmup is not None else max(1, min(300, steps // 10))
     val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size) for i in range(24)]
     os.makedirs(out_dir, exist_ok=True)
@@ -260,35 +247,26 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
             owner += [b] * len(pick)
             targets += [s.masks[i] for i in pick]
         first = "box" if rng.random() < 0.5 else "point"
-        # the first single_round_steps supervise the initial prompt only, but every
-        # interactive_every-th of them runs the 11 rounds
-        interleaved = interactive_every > 0 and (step + 1) % interactive_every == 0
-        single = step < single_round_steps and not interleaved
+        single = step < single_round_steps       # the curriculum's first phase: the initial prompt only
         if single:
             loss = 0.5 * sum(_interactive_rounds(model, embeddings[owner], np.stack(targets), rng, kind, size,
-                                                 graded_rounds, 1, iou_outputs, box_noise) for kind in ("point", "box"))
+                                                 graded_rounds, 1, iou_outputs) for kind in ("point", "box"))
         else:
             loss = _interactive_rounds(model, embeddings[owner], np.stack(targets), rng, first, size,
-                                       graded_rounds, None, iou_outputs, box_noise)
+                                       graded_rounds, None, iou_outputs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                d = min(ema_decay, (1 + step) / (10 + step))
-                ema_p, p = list(ema.parameters()), list(model.parameters())
-                torch._foreach_mul_(ema_p, d)
-                torch._foreach_add_(ema_p, p, alpha=1 - d)
         rec = {"step": step + 1, "rounds": 1 if single else 11, "loss": float(loss.detach()),
                "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0}
         if on_step is not None:
             on_step(step + 1, model)
         if (step + 1) % val_every == 0 or step + 1 == steps:
-            torch.save(shipped.state_dict(), os.path.join(out_dir, "last_checkpoint.pth"))
+            torch.save(model.state_dict(), os.path.join(out_dir, "last_checkpoint.pth"))
             model.eval()
-            rec["val_point_iou"], rec["val_box_iou"] = _val_torch(shipped, val_scenes, size)
+            rec["val_point_iou"], rec["val_box_iou"] = _val_torch(model, val_scenes, size)
             model.train()
             log(f"step {step + 1}: loss {rec['loss']:.4f}  val point IoU {rec['val_point_iou']:.3f}  "
                 f"box IoU {rec['val_box_iou']:.3f}  ({rec['time_s']:.0f} s)")
@@ -296,13 +274,12 @@ def train(steps: int, out_dir: str, seed: int = TRAIN_SEED, batch_images: int = 
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
     model.eval()
     path = os.path.join(out_dir, "microsam_shapes.pth")
-    torch.save(shipped.state_dict(), path)
+    torch.save(model.state_dict(), path)
     with open(os.path.join(out_dir, "train_log.json"), "w") as f:
         json.dump({"config": cfg.to_dict(), "steps": steps, "seed": seed, "batch_images": batch_images,
                    "masks_per_image": masks_per_image, "lr": lr, "weight_decay": weight_decay,
                    "warmup": warmup, "graded_rounds": graded_rounds, "single_round_steps": single_round_steps,
                    "single_round_prompts": ["point", "box"], "iou_outputs": iou_outputs,
-                   "interactive_every": interactive_every, "box_noise": list(box_noise), "ema_decay": ema_decay,
                    "threads": torch.get_num_threads(), "history": history}, f)
     return {"checkpoint": path, "history": history}
 
@@ -358,7 +335,7 @@ def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = F
     out = {"seed": seed, "scenes": n_scenes, "objects": len(best3), "point_best_of_3_iou": float(np.mean(best3)),
            "box_iou": float(np.mean(boxes)), "iou_head_picks_best": float(np.mean(picks)),
            "iou_head_regret": float(np.mean(regret))}
-    # issue 7's targets for the shipped model
+    # the quality targets of the shipped model (weights/README.md): point best-of-3, box, IoU head
     out["meets_targets"] = bool(out["point_best_of_3_iou"] >= 0.85 and out["box_iou"] >= 0.90
                                 and out["iou_head_picks_best"] >= 0.70)
     areas = np.array(areas)

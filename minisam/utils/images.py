@@ -90,7 +90,6 @@ def to_rgb_uint8(image, image_format: str = "RGB", source: str = "image") -> np.
     """An image array (or PIL image) -> C-contiguous [H, W, 3] uint8 RGB, by the rules above."""
     from PIL import Image
 
-    from minisam.utils.transforms import as_rgb_uint8
     if isinstance(image, Image.Image):
         check_size(image.height, image.width, source)
         image = _pil_to_array(image, source)
@@ -113,9 +112,60 @@ def to_rgb_uint8(image, image_format: str = "RGB", source: str = "image") -> np.
             scaled = image.astype(np.promote_types(image.dtype, np.float32)) * 255   # [H, W, C] in its precision
             image = np.rint(scaled).astype(np.uint8)                            # [H, W, C] [0, 1] -> 0..255
     try:
-        return as_rgb_uint8(image, image_format)                            # [H, W, 3] uint8 RGB
+        return _channels_to_rgb(image, image_format)                          # [H, W, 3] uint8 RGB
     except ImageError as exc:
         raise ImageError(f"{source}: {exc}") from None
+
+
+def _channels_to_rgb(image, image_format: str = "RGB") -> np.ndarray:
+    """The last step of :func:`to_rgb_uint8`: an array of whole pixel values -> C-contiguous
+    [H, W, 3] uint8 RGB, or ImageError.
+
+    ``image_format="BGR"`` flips the channels, as ``SamPredictor.set_image`` does; grey
+    [H, W] or [H, W, 1] is repeated to three channels; [H, W, 4] drops alpha; integer and
+    float dtypes must hold whole numbers in 0..255 (the [0, 1] and uint16 rules ran before).
+    """
+    if image_format not in ("RGB", "BGR"):
+        raise ImageError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+    try:
+        image = np.asarray(image)
+    except Exception as exc:  # ragged lists and the like
+        raise ImageError(f"not an image array: {exc}") from exc
+    if image.ndim not in (2, 3):
+        raise ImageError(f"expected an HxW or HxWxC image, got an array of shape {image.shape}")
+    if image.size == 0:
+        raise ImageError(f"empty image of shape {image.shape}")
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        raise ImageError(f"expected 1, 3 or 4 channels (last axis), got shape {image.shape}")
+    image = _whole_uint8(image)
+    if image.ndim == 2:
+        image = image[:, :, None]                                          # [H, W, 1]
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)                                # [H, W, 3]
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]                                            # [H, W, 3] drop alpha
+    if image_format == "BGR":
+        image = image[:, :, ::-1]                                          # [H, W, 3] BGR -> RGB
+    return np.ascontiguousarray(image)
+
+
+def _whole_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.integer)
+                                       or np.issubdtype(image.dtype, np.floating)):
+        raise ImageError(f"image dtype {image.dtype} is not supported; give uint8 pixels in 0..255")
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.all(np.isfinite(image)):
+            raise ImageError("float image contains NaN or infinity")
+        if np.any(image != np.round(image)):
+            raise ImageError(
+                f"float image with fractional values (range {float(image.min()):g}..{float(image.max()):g}); "
+                "minisam does not guess the scale: pass uint8, e.g. (img * 255).round().astype(np.uint8)")
+    lo, hi = image.min(), image.max()
+    if lo < 0 or hi > 255:
+        raise ImageError(f"{image.dtype} image has values {lo}..{hi}, outside 0..255")
+    return image.astype(np.uint8)
 
 
 def _pil_to_array(im, source: str) -> np.ndarray:  # PIL image -> [H, W] or [H, W, 3]

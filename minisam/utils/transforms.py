@@ -3,7 +3,8 @@
 Paper: Kirillov et al. 2023, appendix A ("Image encoder": the input is rescaled so the
 longest side is 1024 and the shorter side is padded). Official code mirrored:
 ``segment_anything/utils/transforms.py`` (ResizeLongestSide), ``modeling/sam.py``
-(``Sam.preprocess``) and ``predictor.py`` (``SamPredictor.set_image``). Numerics: SAM_NOTES 2.1.
+(``Sam.preprocess``) and ``predictor.py`` (``SamPredictor.set_image``). Numerics: ``docs/numerics.md``
+sections 1.1 and 2.
 
 The resize is Pillow's BILINEAR resampler (an antialiased fixed-point convolution, not
 OpenCV's or PyTorch's bilinear): the official code reaches it through torchvision's
@@ -82,61 +83,3 @@ def preprocess(x: np.ndarray, cfg: SamConfig) -> np.ndarray:
     out = np.zeros((B, 3, S, S), np.float32)                               # [B, 3, S, S]
     out[:, :, :h, :w] = (x.astype(np.float32) - mean) / std                # [B, 3, h, w]
     return out
-
-
-def as_rgb_uint8(image, image_format: str = "RGB") -> np.ndarray:
-    """Any reasonable image array -> C-contiguous [H, W, 3] uint8 RGB, or ImageError.
-
-    - [H, W, 3] uint8: used as is (``image_format="BGR"`` flips the channels, as
-      ``SamPredictor.set_image`` does);
-    - greyscale [H, W] or [H, W, 1]: the one channel repeated three times;
-    - [H, W, 4] (RGBA / BGRA): the alpha channel is dropped;
-    - other integer dtypes: accepted when every value is in 0..255;
-    - float dtypes: accepted only when every value is a whole number in 0..255 (an
-      image stored as float). Floats in [0, 1] are refused rather than guessed at: scale
-      them yourself with ``(img * 255).round().astype(np.uint8)``;
-    - anything else (bool, complex, object, wrong ndim, zero size, NaN) raises ImageError.
-    """
-    if image_format not in ("RGB", "BGR"):
-        raise ImageError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    try:
-        image = np.asarray(image)
-    except Exception as exc:  # ragged lists and the like
-        raise ImageError(f"not an image array: {exc}") from exc
-    if image.ndim not in (2, 3):
-        raise ImageError(f"expected an HxW or HxWxC image, got an array of shape {image.shape}")
-    if image.size == 0:
-        raise ImageError(f"empty image of shape {image.shape}")
-    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
-        raise ImageError(f"expected 1, 3 or 4 channels (last axis), got shape {image.shape}")
-    image = _to_uint8(image)
-    if image.ndim == 2:
-        image = image[:, :, None]                                          # [H, W, 1]
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)                                # [H, W, 3]
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]                                            # [H, W, 3] drop alpha
-    if image_format == "BGR":
-        image = image[:, :, ::-1]                                          # [H, W, 3] BGR -> RGB
-    return np.ascontiguousarray(image)
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.integer)
-                                       or np.issubdtype(image.dtype, np.floating)):
-        raise ImageError(f"image dtype {image.dtype} is not supported; give uint8 pixels in 0..255")
-    if np.issubdtype(image.dtype, np.floating):
-        if not np.all(np.isfinite(image)):
-            raise ImageError("float image contains NaN or infinity")
-        if np.any(image != np.round(image)):
-            raise ImageError(
-                f"float image with fractional values (range {float(image.min()):g}..{float(image.max()):g}); "
-                "minisam does not guess the scale: pass uint8, e.g. (img * 255).round().astype(np.uint8)")
-    lo, hi = image.min(), image.max()
-    if lo < 0 or hi > 255:
-        raise ImageError(f"{image.dtype} image has values {lo}..{hi}, outside 0..255")
-    return image.astype(np.uint8)

@@ -1,0 +1,242 @@
+"""The image encoder, fast: the fused path that runs by default.
+
+The same function as :func:`minisam.modeling.image_encoder.image_encoder` (the readable path,
+which mirrors ``segment_anything/modeling/image_encoder.py`` line by line; read that one first),
+computed with fewer passes over memory. Tested equal to it and to the official code
+(``tests/test_image_encoder.py``). Numerics: ``docs/numerics.md`` sections 3 and 4.
+Shapes: ``docs/shapes.md``.
+
+What is fused here, and why:
+- every linear layer is one float32 BLAS GEMM over all tokens; the row kernels of
+  :mod:`minisam.kernels.layers` fuse the bias, GELU, residual add and LayerNorm around them.
+  The MLP's residual add is fused with the NEXT block's norm1 (``block`` takes ``next_norm1``)
+  and the residual stream is updated in place: one pass over [B, G, G, D] instead of three;
+- global attention scores are computed in chunks of (calls, query rows) with at most
+  ``_SCORE_BUDGET`` floats each, so the global blocks never hold [nH, G*G, G*G] (805 MB
+  for vit_b); the decomposed rel-pos add is fused into the softmax;
+- windowed attention (small calls, 196 tokens) runs one Numba task per (window, head),
+  scores kept in cache (``kernels.layers.attention_rel_pos``);
+- the rel-pos terms are one Numba pass over q (``kernels.layers.rel_pos_terms``);
+- the neck runs channels-last: the 3x3 conv as im2col and one GEMM.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from minisam.config import SamConfig
+from minisam.errors import ImageError
+from minisam.kernels.layers import add_layer_norm, attention_rel_pos, gelu, layer_norm, softmax_rel_pos_
+from minisam.kernels.layers import rel_pos_terms as rel_pos_dot_products
+from minisam.modeling.common import ENCODER_LN_EPS, LAYER_NORM_2D_EPS
+from minisam.modeling.image_encoder import get_rel_pos, window_partition, window_unpartition
+
+_SCORE_BUDGET = 1 << 23     # floats per chunk of attention scores (32 MB): 2048 query rows of a
+                            # 4096-key call. Fewer, bigger GEMMs: measured on 2 loaded cores,
+                            # 64 rows 36 s, 256 rows 2.7 s, 1024 rows 1.35 s, 2048 rows 1.24 s
+                            # (4 heads); OpenBLAS threads stall on many small calls.
+_SMALL_T = 1024             # attention calls up to this many tokens run as one Numba task each: the 14x14
+                            # windows (196 tokens) do, the 64x64 global grid (4096) does not; any value
+                            # from 196 to 4095 gives the same split at every official size
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _put(trace, name, value):
+    """Store a copy in the trace (the arrays are updated in place later)."""
+    if trace is not None:
+        trace[name] = np.array(value, dtype=np.float32, copy=True)
+
+
+def linear(x, weight, bias=None):
+    """y = x W^T + b as one GEMM over all leading axes.  [..., in], [out, in], [out] -> [..., out]"""
+    lead = x.shape[:-1]
+    y = _f32(x).reshape(-1, x.shape[-1]) @ _f32(weight).T                  # [M, out]
+    if bias is not None:
+        y += bias
+    return y.reshape(*lead, -1)                                            # [..., out]
+
+
+# --------------------------------------------------------------------------- patches
+
+def patch_embed(p, x, patch_size):
+    """16x16 stride-16 conv as reshape + ONE GEMM over all patches.  [B, 3, S, S] -> [B, G, G, D]"""
+    B, Cin, H, W = x.shape
+    P = patch_size
+    Gh, Gw = H // P, W // P
+    w = p["proj"]["weight"]                                                # [D, 3, P, P]
+    patches = x.reshape(B, Cin, Gh, P, Gw, P).transpose(0, 2, 4, 1, 3, 5)  # [B, G, G, 3, P, P]
+    patches = patches.reshape(B * Gh * Gw, Cin * P * P)                    # [B*G*G, 3*P*P]
+    y = linear(patches, w.reshape(w.shape[0], -1), p["proj"]["bias"])       # [B*G*G, D]
+    return y.reshape(B, Gh, Gw, -1)                                        # [B, G, G, D]
+
+
+def rel_pos_terms(q, rel_pos_h, rel_pos_w, hw):
+    """The two decomposed rel-pos terms of ``add_decomposed_rel_pos`` (L325-361), from UNSCALED q.
+
+    q [A, T, hd] with T = h*w (A = calls x heads) -> rel_h [A, T, h], rel_w [A, T, w]:
+    rel_h[n, (y, x), k] = q[n, y, x] . Rh[y, k];  rel_w[n, (y, x), k] = q[n, y, x] . Rw[x, k].
+    One Numba pass over q (``kernels.layers.rel_pos_terms``): as batched BLAS these small products
+    cost ~0.5 s per block, mostly in thread hand-offs and transposes.
+    """
+    h, w = hw
+    N, T, hd = q.shape
+    Rh = get_rel_pos(h, h, rel_pos_h)                                      # [h, h, hd]
+    Rw = get_rel_pos(w, w, rel_pos_w)                                      # [w, w, hd]
+    rel_h, rel_w = rel_pos_dot_products(q.reshape(N, h, w, hd), Rh, Rw)        # [A, h, w, h], [A, h, w, w]
+    return rel_h.reshape(N, T, h), rel_w.reshape(N, T, w)
+
+
+# --------------------------------------------------------------------------- attention
+
+def attention(p, x, num_heads, trace=None, name=""):
+    """Multi-head self-attention with decomposed relative positions (image_encoder.py L185-240).
+
+    x [B', h, w, D] (B' windows, or images for a global block) -> [B', h, w, D].
+    The scale multiplies q before q k^T; the rel-pos terms use the unscaled q.
+    """
+    Bp, h, w, D = x.shape
+    T, hd = h * w, D // num_heads
+    qkv = linear(x, p["qkv"]["weight"], p["qkv"]["bias"])                  # [B', h, w, 3D]
+    _put(trace, name + ".qkv", qkv)
+    qkv = qkv.reshape(Bp, T, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)    # [3, B', nH, T, hd]
+    q, k, v = (_f32(t).reshape(Bp * num_heads, T, hd) for t in qkv)        # [A, T, hd] each
+    rel_h, rel_w = rel_pos_terms(q, p["rel_pos_h"], p["rel_pos_w"], (h, w))  # [A, T, h], [A, T, w]
+    q *= np.float32(hd ** -0.5)                                            # [A, T, hd] scaled after rel-pos
+    if T <= _SMALL_T:
+        out = attention_rel_pos(q, k, v, rel_h, rel_w)                     # [A, T, hd] one task per call
+    else:
+        out = _chunked_attention(q, k, v, rel_h, rel_w, (h, w))            # [A, T, hd]
+    heads = out.reshape(Bp, num_heads, h, w, hd).transpose(0, 2, 3, 1, 4)  # [B', h, w, nH, hd]
+    y = linear(heads.reshape(Bp, h, w, D), p["proj"]["weight"], p["proj"]["bias"])  # [B', h, w, D]
+    _put(trace, name + ".proj", y)
+    _put(trace, name, y)
+    return y
+
+
+def _chunked_attention(q, k, v, rel_h, rel_w, hw):
+    """softmax(q k^T + rel-pos) v with BLAS GEMMs, never holding more than _SCORE_BUDGET scores.
+
+    q [A, T, hd] scaled, k, v [A, T, hd], rel_h [A, T, h], rel_w [A, T, w] -> [A, T, hd].
+    """
+    h, w = hw
+    N, T, hd = q.shape
+    kT = k.transpose(0, 2, 1)                                              # [A, hd, T]
+    out = np.empty_like(q)                                                 # [A, T, hd]
+    # chunk (calls, query rows) so that one chunk of scores holds <= _SCORE_BUDGET floats
+    rows = T if T * T <= _SCORE_BUDGET else max(1, _SCORE_BUDGET // T)
+    calls = max(1, _SCORE_BUDGET // (T * T)) if rows == T else 1
+    for n0 in range(0, N, calls):
+        n1 = min(N, n0 + calls)
+        for r0 in range(0, T, rows):
+            r1 = min(T, r0 + rows)
+            scores = np.matmul(q[n0:n1, r0:r1], kT[n0:n1])                 # [a, r, T]
+            softmax_rel_pos_(scores.reshape(-1, T), rel_h[n0:n1, r0:r1].reshape(-1, h),
+                             rel_w[n0:n1, r0:r1].reshape(-1, w))          # [a*r, T] in place
+            np.matmul(scores, v[n0:n1], out=out[n0:n1, r0:r1])             # [a, r, hd]
+    return out
+
+
+# --------------------------------------------------------------------------- blocks
+
+def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, name=""):
+    """One transformer block (image_encoder.py L119-182), updating the residual stream in place.
+
+    x [B, G, G, D] residual stream (modified in place), x_norm1 = norm1(x) [B, G, G, D].
+    Returns (x, norm1 of the next block applied to the new x, or None if ``next_norm1`` is None):
+    the MLP's residual add is fused with the next block's LayerNorm.
+    """
+    B, H, W, D = x.shape
+    _put(trace, name + ".norm1", x_norm1)
+    if window_size > 0:
+        windows, pad_hw = window_partition(x_norm1, window_size)           # [B*nW, w, w, D]
+        a = attention(p["attn"], windows, num_heads, trace, name + ".attn")  # [B*nW, w, w, D]
+        a = window_unpartition(a, window_size, pad_hw, (H, W))             # [B, G, G, D]
+    else:
+        a = attention(p["attn"], x_norm1, num_heads, trace, name + ".attn")  # [B, G, G, D]
+    x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], ENCODER_LN_EPS)  # x += a; [B, G, G, D]
+    _put(trace, name + ".norm2", x_norm2)
+    mlp = p["mlp"]
+    hidden = linear(x_norm2, mlp["lin1"]["weight"])                        # [B, G, G, 4D] no bias yet
+    if trace is not None:
+        _put(trace, name + ".mlp.lin1", hidden + mlp["lin1"]["bias"])
+    gelu(hidden, mlp["lin1"]["bias"], out=hidden)                          # [B, G, G, 4D] in place
+    _put(trace, name + ".mlp.act", hidden)
+    y = linear(hidden, mlp["lin2"]["weight"])                              # [B, G, G, D] no bias yet
+    del hidden
+    if trace is not None:
+        _put(trace, name + ".mlp.lin2", y + mlp["lin2"]["bias"])
+        _put(trace, name + ".mlp", y + mlp["lin2"]["bias"])
+    if next_norm1 is None:
+        x += y + mlp["lin2"]["bias"]                                       # [B, G, G, D]
+        x_next = None
+    else:
+        x_next = add_layer_norm(x, y, next_norm1["weight"], next_norm1["bias"], ENCODER_LN_EPS,
+                                delta_bias=mlp["lin2"]["bias"])            # x += y + b; LN
+    _put(trace, name, x)
+    return x, x_next
+
+
+def conv3x3(x, weight):
+    """3x3 conv, padding 1, no bias, channels-last, as im2col + one GEMM.  [B, H, W, C], [O, C, 3, 3] -> [B, H, W, O]"""
+    B, H, W, C = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))                       # [B, H+2, W+2, C]
+    cols = np.empty((B, H, W, 3, 3, C), np.float32)                        # [B, H, W, ky, kx, C]
+    for ky in range(3):
+        for kx in range(3):
+            cols[:, :, :, ky, kx] = xp[:, ky:ky + H, kx:kx + W]
+    w = weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], 9 * C)       # [O, ky*kx*C]
+    return linear(cols.reshape(B, H, W, 9 * C), w)                        # [B, H, W, O]
+
+
+def neck(p, x, trace=None, name="image_encoder.neck"):
+    """1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d (image_encoder.py L88-104), all channels-last.
+
+    [B, G, G, D] -> [B, C, G, G]. A LayerNorm2d over channels is a LayerNorm over the last
+    axis of the channels-last tensor.
+    """
+    def nchw(t):
+        return t.transpose(0, 3, 1, 2)
+
+    w0 = p[0]["weight"]                                                    # [C, D, 1, 1]
+    y = linear(x, w0.reshape(w0.shape[0], -1))                             # [B, G, G, C]
+    _put(trace, name + ".0", nchw(y))
+    y = layer_norm(y, p[1]["weight"], p[1]["bias"], LAYER_NORM_2D_EPS)                  # [B, G, G, C]
+    _put(trace, name + ".1", nchw(y))
+    y = conv3x3(y, p[2]["weight"])                                         # [B, G, G, C]
+    _put(trace, name + ".2", nchw(y))
+    y = layer_norm(y, p[3]["weight"], p[3]["bias"], LAYER_NORM_2D_EPS)                  # [B, G, G, C]
+    out = np.ascontiguousarray(nchw(y))                                    # [B, C, G, G]
+    _put(trace, name + ".3", out)
+    _put(trace, name, out)  # the Sequential's own output, as its forward hook records it
+    return out
+
+
+def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None) -> np.ndarray:
+    """ImageEncoderViT.forward: [B, 3, S, S] preprocessed float32 -> [B, C, S/16, S/16] embedding.
+
+    ``p`` is ``params["image_encoder"]``. With a ``trace`` dict, records the outputs of the
+    official modules under their full paths (``image_encoder.blocks.3.attn`` ...).
+    """
+    x = _f32(x)
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != cfg.img_size or x.shape[3] != cfg.img_size:
+        raise ImageError(f"image_encoder expects float32 [B, 3, {cfg.img_size}, {cfg.img_size}], got {x.shape}")
+    e = "image_encoder"
+    tokens = patch_embed(p["patch_embed"], x, cfg.patch_size)              # [B, G, G, D]
+    _put(trace, e + ".patch_embed.proj", tokens.transpose(0, 3, 1, 2))
+    _put(trace, e + ".patch_embed", tokens)
+    tokens += p["pos_embed"]                                               # [B, G, G, D] absolute positions
+    blocks = p["blocks"]
+    depth = cfg.encoder_depth
+    x_norm1 = layer_norm(tokens, blocks[0]["norm1"]["weight"], blocks[0]["norm1"]["bias"], ENCODER_LN_EPS)
+    for i in range(depth):
+        next_norm1 = blocks[i + 1]["norm1"] if i + 1 < depth else None
+        tokens, x_norm1 = block(blocks[i], tokens, x_norm1, cfg.encoder_num_heads,
+                                cfg.block_window_size(i), next_norm1, trace, f"{e}.blocks.{i}")
+    out = neck(p["neck"], tokens, trace, e + ".neck")                      # [B, C, G, G]
+    _put(trace, e, out)
+    return out

@@ -29,6 +29,7 @@ R the low-res side, Hc x Wc the crop, H x W the image, M kept masks.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -84,9 +85,11 @@ class SamAutomaticMaskGenerator:
                  crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  point_grids: Optional[List[np.ndarray]] = None, min_mask_region_area: int = 0,
-                 output_mode: str = "binary_mask", progress: bool = True) -> None:
-        """Arguments as the official class (its defaults are tuned for ViT-H), plus ``progress``
-        (a tqdm bar over crops and point batches)."""
+                 output_mode: str = "binary_mask", progress: Optional[bool] = None) -> None:
+        """Arguments as the official class (its defaults are tuned for ViT-H), plus ``progress``:
+        a tqdm bar over crops and point batches, on stderr. ``None`` (the default) shows it only
+        when stderr is a terminal, so that library calls print nothing into logs and loops, as
+        the official ones; ``True`` always, ``False`` never."""
         from minisam.predictor import SamPredictor
 
         if (points_per_side is None) == (point_grids is None):
@@ -161,7 +164,8 @@ class SamAutomaticMaskGenerator:
         crop_boxes, layer_idxs = amg.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         n_steps = sum(-(-len(self.point_grids[i]) // self.points_per_batch) for i in layer_idxs)
         data = MaskData()
-        with tqdm(total=n_steps, disable=not self.progress, desc="minisam auto", unit="batch") as bar:
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        with tqdm(total=n_steps, disable=not show, desc="minisam auto", unit="batch") as bar:
             for i, (crop_box, layer_idx) in enumerate(zip(crop_boxes, layer_idxs)):
                 bar.set_postfix_str(f"crop {i + 1}/{len(crop_boxes)}")
                 data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, bar))

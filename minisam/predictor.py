@@ -124,6 +124,11 @@ class SamPredictor:
         self.transform = ResizeLongestSide(sam_model.config.img_size)
         self.reset_image()
 
+    @property
+    def device(self) -> str:
+        """``SamPredictor.device``: the model's device, always ``"cpu"`` here."""
+        return self.model.device
+
     # ----------------------------------------------------------------- image
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", trace: Optional[dict] = None) -> None:

@@ -117,7 +117,7 @@ def test_stability_matches_official_and_twin(seed, n, h, w, offset, scale):
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, ref)  # bitwise, NaN included
     twin = amg.stability_counts_numpy(logits, 0.0 + offset, 0.0 - offset)
-    fast = amg._stability_counts(logits, np.float32(offset), np.float32(-offset))
+    fast = amg._stability_counts_kernel(logits, np.float32(offset), np.float32(-offset))
     np.testing.assert_array_equal(twin[0], fast[0])
     np.testing.assert_array_equal(twin[1], fast[1])
 
@@ -132,7 +132,7 @@ def test_stability_nan_on_empty_union_and_int16_rows():
     wide[0, 1, :20000] = 0.5
     ref = official.calculate_stability_score(torch.from_numpy(wide), 0.0, 1.0).numpy()
     np.testing.assert_array_equal(amg.calculate_stability_score(wide, 0.0, 1.0), ref)
-    np.testing.assert_array_equal(amg.stability_counts_numpy(wide, 1.0, -1.0), amg._stability_counts(wide, 1.0, -1.0))
+    np.testing.assert_array_equal(amg.stability_counts_numpy(wide, 1.0, -1.0), amg._stability_counts_kernel(wide, 1.0, -1.0))
 
 
 # ---------------------------------------------------------------- RLE

@@ -247,3 +247,24 @@ def test_rejects_bad_input():
         SamAutomaticMaskGenerator(ours, output_mode="polygons")
     with pytest.raises(ValueError):
         SamAutomaticMaskGenerator(ours, points_per_side=None, point_grids=[np.zeros((1, 2))], crop_n_layers=1)
+
+
+def test_no_surviving_mask_in_a_crop_gives_an_empty_list():
+    """When no mask passes the filters in some crop, the official generator fails in
+    ``box_area`` (IndexError on the empty cross-crop NMS input); minisam returns what survived,
+    here nothing."""
+    official, ours = pair(TINY_CONFIGS["pad_window"], 0)
+    kwargs = dict(points_per_side=4, pred_iou_thresh=1e9, crop_n_layers=1)
+    with pytest.raises(IndexError):
+        OfficialGenerator(official, **kwargs).generate(PHOTO)
+    assert SamAutomaticMaskGenerator(ours, progress=False, **kwargs).generate(PHOTO) == []
+
+
+def test_generate_is_quiet_unless_asked(capsys):
+    """No progress bar when stderr is not a terminal (the default, as the official generator);
+    ``progress=True`` shows it anyway."""
+    _, ours = pair(TINY_CONFIGS["pad_window"], 0)
+    SamAutomaticMaskGenerator(ours, points_per_side=2).generate(PHOTO)
+    assert capsys.readouterr().err == ""
+    SamAutomaticMaskGenerator(ours, points_per_side=2, progress=True).generate(PHOTO)
+    assert "minisam auto" in capsys.readouterr().err

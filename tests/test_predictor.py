@@ -333,3 +333,22 @@ def test_bad_prompts_raise_prompt_error():
         pred.predict_batch(boxes=np.zeros(4))
     with pytest.raises(ImageError):
         pred.set_image(np.zeros((5, 5, 3)), image_format="HSV")
+
+
+def test_module_calls_of_the_official_notebooks():
+    """``sam.to(device=...)`` and ``sam.eval()`` return the model; a non-CPU device warns once;
+    ``sam.device``, ``predictor.device`` and ``predictor.model`` are there."""
+    import warnings as w
+
+    from minisam.errors import MinisamWarning
+    cfg = TINY_CONFIGS["pad_window"]
+    sam = Sam(cfg, nest({k: v.detach().numpy() for k, v in official_model(cfg, 0).state_dict().items()}))
+    Sam._warned_device = False
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        assert sam.to(device="cpu") is sam and sam.eval() is sam
+        assert not caught
+        assert sam.to(device="cuda") is sam and sam.to("cuda:0") is sam
+    assert [c.category for c in caught] == [MinisamWarning]
+    predictor = SamPredictor(sam)
+    assert sam.device == predictor.device == "cpu" and predictor.model is sam

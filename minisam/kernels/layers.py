@@ -93,7 +93,7 @@ def _blocks(rows):
 
 
 @njit
-def _layer_norm_kernel(lo, hi, x, weight, bias, eps, out):  # blocks [lo, hi); [R, C], [C], [C], (), [R, C]
+def _layer_norm_kernel(lo, hi, x, weight, bias, eps, out):  # blocks [lo, hi); [rows, C], [C], [C], (), [rows, C]
     rows, C = x.shape
     acc = np.empty(_LN_LANES, np.float64)
     for blk in range(lo, hi):
@@ -126,7 +126,7 @@ def add_layer_norm_numpy(x, delta, weight, bias, eps=1e-6, delta_bias=None):
 
 
 @njit
-def _add_layer_norm_kernel(lo, hi, x, delta, delta_bias, weight, bias, eps, out):  # blocks; [R, C] x2, [C] x3, (), [R, C]
+def _add_layer_norm_kernel(lo, hi, x, delta, delta_bias, weight, bias, eps, out):  # blocks; [rows, C] x2, [C] x3, (), [rows, C]
     rows, C = x.shape
     acc = np.empty(_LN_LANES, np.float64)
     for blk in range(lo, hi):
@@ -214,7 +214,7 @@ def _erf(x):
 
 
 @njit
-def _exp_kernel(x, out):  # [R, N] -> [R, N]; exposes _exp_parts to the tests
+def _exp_kernel(x, out):  # [rows, cols] -> [rows, cols]; exposes _exp_parts to the tests
     rows, N = x.shape
     for r in range(rows):
         for j in range(N):
@@ -223,7 +223,7 @@ def _exp_kernel(x, out):  # [R, N] -> [R, N]; exposes _exp_parts to the tests
 
 
 @njit
-def _erf_kernel(x, out):  # [R, N] -> [R, N]; exposes _erf to the tests
+def _erf_kernel(x, out):  # [rows, cols] -> [rows, cols]; exposes _erf to the tests
     rows, N = x.shape
     for r in range(rows):
         for j in range(N):
@@ -246,7 +246,7 @@ def gelu_numpy(x, bias=None):
 
 
 @njit
-def _gelu_kernel(lo, hi, x, bias, out):  # rows [lo, hi); [R, C], [C], [R, C]; out may alias x
+def _gelu_kernel(lo, hi, x, bias, out):  # rows [lo, hi); [rows, C], [C], [rows, C]; out may alias x
     rows, C = x.shape
     half = np.float32(0.5)
     one = np.float32(1.0)
@@ -277,7 +277,7 @@ _LANES = 8  # independent partial max/sum accumulators, so the row reductions ve
 
 
 @njit
-def _softmax_row_(row, bits, lane, acc):  # [N] float32 in place; scratch: [>=N] int32, [_LANES] f32, [_LANES] f64
+def _softmax_row_(row, bits, lane, acc):  # [cols] float32 in place; scratch: [>=cols] int32, [_LANES] f32, [_LANES] f64
     """Softmax of one row in place: max, exp(x - max), scale by 1 / sum."""
     N = row.shape[0]
     body = N - N % _LANES
@@ -316,13 +316,13 @@ def _softmax_row_(row, bits, lane, acc):  # [N] float32 in place; scratch: [>=N]
 
 
 def softmax_numpy(x):
-    """NumPy twin: softmax over the last axis.  [..., N] -> [..., N]"""
-    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))          # [..., N]
+    """NumPy twin: softmax over the last axis.  [..., cols] -> [..., cols]"""
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))          # [..., cols]
     return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
 @njit
-def _softmax_kernel(lo, hi, x):  # blocks [lo, hi); [R, N] in place
+def _softmax_kernel(lo, hi, x):  # blocks [lo, hi); [rows, cols] in place
     rows, N = x.shape
     bits = np.empty(N, np.int32)
     lane = np.empty(_LANES, np.float32)
@@ -333,7 +333,7 @@ def _softmax_kernel(lo, hi, x):  # blocks [lo, hi); [R, N] in place
 
 
 def softmax(x, out=None):
-    """Softmax over the last axis of any float32 array.  [..., N] -> [..., N]
+    """Softmax over the last axis of any float32 array.  [..., cols] -> [..., cols]
 
     ``out=x`` works in place.
     """
@@ -351,15 +351,15 @@ def softmax(x, out=None):
 def softmax_rel_pos_numpy(attn, rel_h, rel_w):
     """NumPy twin of the fused decomposed-rel-pos softmax (``add_decomposed_rel_pos`` + softmax).
 
-    attn [R, kh*kw] (R query tokens), rel_h [R, kh], rel_w [R, kw] -> [R, kh*kw]
+    attn [rows, kh*kw] (one row per query token), rel_h [rows, kh], rel_w [rows, kw] -> [rows, kh*kw]
     """
     R, kh, kw = attn.shape[0], rel_h.shape[-1], rel_w.shape[-1]
-    a = attn.reshape(R, kh, kw) + rel_h[:, :, None] + rel_w[:, None, :]   # [R, kh, kw]
-    return softmax_numpy(a.reshape(R, kh * kw).astype(np.float32))        # [R, kh*kw]
+    a = attn.reshape(R, kh, kw) + rel_h[:, :, None] + rel_w[:, None, :]   # [rows, kh, kw]
+    return softmax_numpy(a.reshape(R, kh * kw).astype(np.float32))        # [rows, kh*kw]
 
 
 @njit
-def _softmax_rel_pos_kernel(lo, hi, attn, rel_h, rel_w):  # blocks [lo, hi); [R, kh*kw] in place, [R, kh], [R, kw]
+def _softmax_rel_pos_kernel(lo, hi, attn, rel_h, rel_w):  # blocks [lo, hi); [rows, kh*kw] in place, [rows, kh], [rows, kw]
     rows = attn.shape[0]
     kh = rel_h.shape[1]
     kw = rel_w.shape[1]
@@ -378,8 +378,8 @@ def _softmax_rel_pos_kernel(lo, hi, attn, rel_h, rel_w):  # blocks [lo, hi); [R,
 def softmax_rel_pos_(attn, rel_h, rel_w):
     """IN PLACE: ``attn = softmax(attn + rel_h[:, :, None] + rel_w[:, None, :])`` per query row.
 
-    attn [R, kh*kw] C-contiguous float32 (scores of R query tokens against a kh x kw key grid),
-    rel_h [R, kh], rel_w [R, kw]. Returns attn. This is ``add_decomposed_rel_pos`` followed by
+    attn [rows, kh*kw] C-contiguous float32 (scores of the query tokens, one row each against a kh x kw key grid),
+    rel_h [rows, kh], rel_w [rows, kw]. Returns attn. This is ``add_decomposed_rel_pos`` followed by
     ``softmax(-1)`` (``image_encoder.py`` L325-361, L230), without materializing the sum twice.
     """
     if attn.dtype != np.float32 or not attn.flags.c_contiguous or attn.ndim != 2:
@@ -393,17 +393,17 @@ def softmax_rel_pos_(attn, rel_h, rel_w):
 def attention_rel_pos_numpy(q, k, v, rel_h, rel_w):
     """NumPy twin: softmax(q k^T + rel-pos) v for a batch of small attention calls, in float64.
 
-    q [N, T, hd] ALREADY SCALED, k, v [N, T, hd], rel_h [N, T, kh], rel_w [N, T, kw] with
-    T = kh * kw -> [N, T, hd] (float32 out).
+    q [A, T, hd] ALREADY SCALED, k, v [A, T, hd], rel_h [A, T, kh], rel_w [A, T, kw] with
+    T = kh * kw -> [A, T, hd] (float32 out).
     """
     N, T, hd = q.shape
     kh, kw = rel_h.shape[-1], rel_w.shape[-1]
-    q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))                          # [N, T, hd] each
-    scores = np.matmul(q64, k64.transpose(0, 2, 1)).reshape(N, T, kh, kw)                     # [N, T, kh, kw]
-    scores = scores + np.asarray(rel_h, np.float64)[..., :, None] + np.asarray(rel_w, np.float64)[..., None, :]  # [N, T, kh, kw]
-    scores = scores.reshape(N, T, T)                                                          # [N, T, T]
-    e = np.exp(scores - scores.max(-1, keepdims=True))                                        # [N, T, T]
-    return np.matmul(e / e.sum(-1, keepdims=True), v64).astype(np.float32)                   # [N, T, hd]
+    q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))                          # [A, T, hd] each
+    scores = np.matmul(q64, k64.transpose(0, 2, 1)).reshape(N, T, kh, kw)                     # [A, T, kh, kw]
+    scores = scores + np.asarray(rel_h, np.float64)[..., :, None] + np.asarray(rel_w, np.float64)[..., None, :]  # [A, T, kh, kw]
+    scores = scores.reshape(N, T, T)                                                          # [A, T, T]
+    e = np.exp(scores - scores.max(-1, keepdims=True))                                        # [A, T, T]
+    return np.matmul(e / e.sum(-1, keepdims=True), v64).astype(np.float32)                   # [A, T, hd]
 
 
 @njit
@@ -454,7 +454,7 @@ def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane, acc):  # [T,
 
 
 @njit
-def _attention_rel_pos_kernel(lo, hi, q, kT, v, rel_h, rel_w, out):  # calls [lo, hi); [N,T,hd], [N,hd,T], [N,T,hd], [N,T,kh], [N,T,kw], [N,T,hd]
+def _attention_rel_pos_kernel(lo, hi, q, kT, v, rel_h, rel_w, out):  # calls [lo, hi); [A,T,hd], [A,hd,T], [A,T,hd], [A,T,kh], [A,T,kw], [A,T,hd]
     N, T, hd = q.shape
     P = np.empty((4, T), np.float32)
     bits = np.empty(T, np.int32)
@@ -470,10 +470,10 @@ def attention_rel_pos(q, k, v, rel_h, rel_w):
     For the windowed blocks: 25 windows x 12 heads of 196 tokens for vit_b. Batched BLAS
     on such small matrices spends its time in thread hand-offs (and stalls when the CPU is
     shared), so each call runs whole inside one thread, its scores staying in cache.
-    q [N, T, hd] ALREADY SCALED, k, v [N, T, hd], rel_h [N, T, kh], rel_w [N, T, kw] -> [N, T, hd].
+    q [A, T, hd] ALREADY SCALED, k, v [A, T, hd], rel_h [A, T, kh], rel_w [A, T, kw] -> [A, T, hd].
     """
     q, v = _f32(q), _f32(v)
-    kT = np.ascontiguousarray(_f32(k).transpose(0, 2, 1))                # [N, hd, T]
+    kT = np.ascontiguousarray(_f32(k).transpose(0, 2, 1))                # [A, hd, T]
     out = np.empty_like(q)
     parallel_for(_attention_rel_pos_kernel, q.shape[0], q, kT, v, _f32(rel_h), _f32(rel_w), out)
     return out
@@ -484,15 +484,15 @@ def attention_rel_pos(q, k, v, rel_h, rel_w):
 def rel_pos_terms_numpy(q, Rh, Rw):
     """NumPy twin: the two einsums of ``add_decomposed_rel_pos`` (image_encoder.py L354-355).
 
-    q [N, h, w, hd] UNSCALED, Rh [h, kh, hd], Rw [w, kw, hd] -> rel_h [N, h, w, kh], rel_w [N, h, w, kw]
+    q [A, qh, qw, hd] UNSCALED, Rh [qh, kh, hd], Rw [qw, kw, hd] -> rel_h [A, qh, qw, kh], rel_w [A, qh, qw, kw]
     """
-    rel_h = np.einsum("nyxc,ykc->nyxk", q, Rh)                           # [N, h, w, kh]
-    rel_w = np.einsum("nyxc,xkc->nyxk", q, Rw)                           # [N, h, w, kw]
+    rel_h = np.einsum("nyxc,ykc->nyxk", q, Rh)                           # [A, qh, qw, kh]
+    rel_w = np.einsum("nyxc,xkc->nyxk", q, Rw)                           # [A, qh, qw, kw]
     return rel_h.astype(np.float32), rel_w.astype(np.float32)
 
 
 @njit
-def _rel_pos_kernel(lo, hi, q, RhT, RwT, rel_h, rel_w):  # tasks [lo, hi); [N,h,w,hd], [h,hd,kh], [w,hd,kw], [N,h,w,kh], [N,h,w,kw]
+def _rel_pos_kernel(lo, hi, q, RhT, RwT, rel_h, rel_w):  # tasks [lo, hi); [A,qh,qw,hd], [qh,hd,kh], [qw,hd,kw], [A,qh,qw,kh], [A,qh,qw,kw]
     N, h, w, hd = q.shape
     kh = RhT.shape[2]
     kw = RwT.shape[2]
@@ -519,16 +519,16 @@ def _rel_pos_kernel(lo, hi, q, RhT, RwT, rel_h, rel_w):  # tasks [lo, hi); [N,h,
 def rel_pos_terms(q, Rh, Rw):
     """Both decomposed rel-pos terms in one pass over q, one Numba task per (call, row).
 
-    As batched BLAS these are thousands of [w, hd] x [hd, kh] products (kh = 14 or 64):
+    As batched BLAS these are thousands of [qw, hd] x [hd, kh] products (kh = 14 or 64):
     too small for BLAS threads, and the transposes around them cost more than the math.
-    q [N, h, w, hd] UNSCALED, Rh [h, kh, hd], Rw [w, kw, hd] -> rel_h [N, h, w, kh], rel_w [N, h, w, kw]:
+    q [A, qh, qw, hd] UNSCALED, Rh [qh, kh, hd], Rw [qw, kw, hd] -> rel_h [A, qh, qw, kh], rel_w [A, qh, qw, kw]:
     rel_h[n, y, x, k] = q[n, y, x] . Rh[y, k];  rel_w[n, y, x, k] = q[n, y, x] . Rw[x, k].
     """
     q = _f32(q)
     N, h, w, _ = q.shape
-    RhT = np.ascontiguousarray(_f32(Rh).transpose(0, 2, 1))              # [h, hd, kh]
-    RwT = np.ascontiguousarray(_f32(Rw).transpose(0, 2, 1))              # [w, hd, kw]
-    rel_h = np.empty((N, h, w, RhT.shape[2]), np.float32)                # [N, h, w, kh]
-    rel_w = np.empty((N, h, w, RwT.shape[2]), np.float32)                # [N, h, w, kw]
+    RhT = np.ascontiguousarray(_f32(Rh).transpose(0, 2, 1))              # [qh, hd, kh]
+    RwT = np.ascontiguousarray(_f32(Rw).transpose(0, 2, 1))              # [qw, hd, kw]
+    rel_h = np.empty((N, h, w, RhT.shape[2]), np.float32)                # [A, qh, qw, kh]
+    rel_w = np.empty((N, h, w, RwT.shape[2]), np.float32)                # [A, qh, qw, kw]
     parallel_for(_rel_pos_kernel, N * h, q, RhT, RwT, rel_h, rel_w)
     return rel_h, rel_w

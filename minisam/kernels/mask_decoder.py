@@ -64,8 +64,8 @@ def linear(x, p):  # [..., in], {"weight": [out, in], "bias": [out]} -> [..., ou
     """``nn.Linear`` as ONE GEMM over all leading axes (a stacked matmul would run one small
     GEMM per prompt), with the bias added in place."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    y = x.reshape(-1, x.shape[-1]) @ p["weight"].T  # [R, in] @ [in, out] -> [R, out]
-    y += p["bias"]  # [R, out]
+    y = x.reshape(-1, x.shape[-1]) @ p["weight"].T  # [-1, in] @ [in, out] -> [-1, out], all rows at once
+    y += p["bias"]  # [-1, out]
     return y.reshape(x.shape[:-1] + (y.shape[-1],))  # [..., out]
 
 
@@ -124,11 +124,11 @@ def attention(p, q, k, v, num_heads: int, n: int, trace=None, name: str = "",
     return out
 
 
-def mlp_block(p, x, trace=None, name: str = ""):  # [N, T, C] -> [N, T, C]
+def mlp_block(p, x, trace=None, name: str = ""):  # [N, Tt, C] -> [N, Tt, C]
     """``MLPBlock`` with ReLU: lin2(relu(lin1(x)))."""
-    hidden = linear(x, p["lin1"])  # [N, T, C] -> [N, T, Dm]
-    act = np.maximum(hidden, np.float32(0))  # [N, T, Dm]
-    out = linear(act, p["lin2"])  # [N, T, Dm] -> [N, T, C]
+    hidden = linear(x, p["lin1"])  # [N, Tt, C] -> [N, Tt, Dm]
+    act = np.maximum(hidden, np.float32(0))  # [N, Tt, Dm]
+    out = linear(act, p["lin2"])  # [N, Tt, Dm] -> [N, Tt, C]
     if trace is not None:
         trace[name + ".lin1"], trace[name + ".act"], trace[name + ".lin2"] = hidden, act, out
         trace[name] = out
@@ -139,39 +139,39 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
                   trace=None, name: str = "", state: Optional[DecoderImageState] = None):
     """``TwoWayAttentionBlock.forward``.
 
-    queries [N, T, C], keys [N or 1, GG, C], query_pe [N, T, C], key_pe [1, GG, C]
-    -> (queries [N, T, C], keys [N, GG, C]). ``state``: layer 0's image projections.
+    queries [N, Tt, C], keys [N or 1, GG, C], query_pe [N, Tt, C], key_pe [1, GG, C]
+    -> (queries [N, Tt, C], keys [N, GG, C]). ``state``: layer 0's image projections.
     """
     n = queries.shape[0]
     # 1. Self-attention of the tokens. Layer 0 *replaces* the queries (no residual, no PE).
     if skip_first_layer_pe:
         queries = attention(p["self_attn"], queries, queries, queries, num_heads, n, trace,
-                            name + ".self_attn")  # [N, T, C]
+                            name + ".self_attn")  # [N, Tt, C]
     else:
-        q = queries + query_pe  # [N, T, C]
+        q = queries + query_pe  # [N, Tt, C]
         queries = queries + attention(p["self_attn"], q, q, queries, num_heads, n, trace,
-                                      name + ".self_attn")  # [N, T, C]
-    queries = _ln(queries, p["norm1"])  # [N, T, C]
+                                      name + ".self_attn")  # [N, Tt, C]
+    queries = _ln(queries, p["norm1"])  # [N, Tt, C]
     _observe(trace, name + ".norm1", queries, n)
 
     # 2. Tokens read the image: q = tokens + PE, k = image + PE, v = image (no PE).
-    q = queries + query_pe  # [N, T, C]
+    q = queries + query_pe  # [N, Tt, C]
     k_img = keys + key_pe if state is None else None  # [N or 1, GG, C]; projected already with a state
     queries = queries + attention(p["cross_attn_token_to_image"], q, k_img, keys, num_heads, n, trace,
                                   name + ".cross_attn_token_to_image",
                                   k_proj=None if state is None else state.t2i_k,
-                                  v_proj=None if state is None else state.t2i_v)  # [N, T, C]
-    queries = _ln(queries, p["norm2"])  # [N, T, C]
+                                  v_proj=None if state is None else state.t2i_v)  # [N, Tt, C]
+    queries = _ln(queries, p["norm2"])  # [N, Tt, C]
     _observe(trace, name + ".norm2", queries, n)
 
     # 3. MLP on the tokens.
-    queries = queries + mlp_block(p["mlp"], queries, trace, name + ".mlp")  # [N, T, C]
-    queries = _ln(queries, p["norm3"])  # [N, T, C]
+    queries = queries + mlp_block(p["mlp"], queries, trace, name + ".mlp")  # [N, Tt, C]
+    queries = _ln(queries, p["norm3"])  # [N, Tt, C]
     _observe(trace, name + ".norm3", queries, n)
 
     # 4. The image reads the tokens (q = image + PE, k = tokens + PE, v = tokens); the keys did
     # not change since step 2, so keys + key_pe is reused. From here the image is per prompt.
-    q = queries + query_pe  # [N, T, C]
+    q = queries + query_pe  # [N, Tt, C]
     keys = keys + attention(p["cross_attn_image_to_token"], k_img, q, queries, num_heads, n, trace,
                             name + ".cross_attn_image_to_token",
                             q_proj=None if state is None else state.i2t_q)  # [N, GG, C]
@@ -187,46 +187,46 @@ def two_way_transformer(p, cfg, keys, key_pe, point_embedding, trace=None,
                         name: str = "mask_decoder.transformer") -> Tuple[np.ndarray, np.ndarray]:
     """``TwoWayTransformer.forward`` on image tokens.
 
-    keys [N or 1, GG, C] (image + dense, as tokens), key_pe [1, GG, C], point_embedding [N, T, C]
-    -> (tokens [N, T, C], image [N, GG, C]).
+    keys [N or 1, GG, C] (image + dense, as tokens), key_pe [1, GG, C], point_embedding [N, Tt, C]
+    -> (tokens [N, Tt, C], image [N, GG, C]).
     """
-    queries = point_embedding  # [N, T, C]
+    queries = point_embedding  # [N, Tt, C]
     for i in range(cfg.decoder_depth):
         queries, keys = two_way_block(p["layers"][i], queries, keys, point_embedding, key_pe,
                                       cfg.decoder_num_heads, skip_first_layer_pe=(i == 0), trace=trace,
                                       name=f"{name}.layers.{i}",
-                                      state=state if i == 0 else None)  # [N, T, C], [N, GG, C]
+                                      state=state if i == 0 else None)  # [N, Tt, C], [N, GG, C]
     # Final tokens -> image attention, again with both PEs re-added.
-    q = queries + point_embedding  # [N, T, C]
+    q = queries + point_embedding  # [N, Tt, C]
     k = keys + key_pe  # [N, GG, C]
     queries = queries + attention(p["final_attn_token_to_image"], q, k, keys, cfg.decoder_num_heads,
-                                  queries.shape[0], trace, f"{name}.final_attn_token_to_image")  # [N, T, C]
-    queries = _ln(queries, p["norm_final_attn"])  # [N, T, C]
+                                  queries.shape[0], trace, f"{name}.final_attn_token_to_image")  # [N, Tt, C]
+    queries = _ln(queries, p["norm_final_attn"])  # [N, Tt, C]
     if trace is not None:
         trace[f"{name}.norm_final_attn"] = queries
         trace[name] = (queries, keys)
     return queries, keys
 
 
-def conv_transpose2x2_s2_nhwc(x, weight, bias):  # [N, H, W, Ci], [Ci, Co, 2, 2], [Co] -> [N, 2H, 2W, Co]
-    """ConvTranspose2d(kernel 2, stride 2), channels-last: the GEMM writes [pixel, di, dj, Co]
+def conv_transpose2x2_s2_nhwc(x, weight, bias):  # [N, g, g, Cin], [Cin, Cout, 2, 2], [Cout] -> [N, 2g, 2g, Cout]
+    """ConvTranspose2d(kernel 2, stride 2), channels-last: the GEMM writes [pixel, di, dj, Cout]
     (weight reordered to (in, kH, kW, out)), and one strided copy, fused with the bias add,
     puts the 2x2 patches in place. Twin of :func:`minisam.modeling.mask_decoder.conv_transpose2x2_s2`."""
-    N, H, W, Ci = x.shape
-    Co = weight.shape[1]
-    w = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(Ci, 4 * Co)  # [Ci, 2*2*Co]
-    patches = x.reshape(N * H * W, Ci) @ w  # [N*H*W, Ci] @ [Ci, 2*2*Co] -> [N*H*W, 2*2*Co]
-    patches = patches.reshape(N, H, W, 2, 2, Co).transpose(0, 1, 3, 2, 4, 5)  # [N, H, 2, W, 2, Co]
-    out = np.empty((N, H, 2, W, 2, Co), np.float32)  # [N, H, 2, W, 2, Co]
+    N, H, W, Cin = x.shape
+    Cout = weight.shape[1]
+    w = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(Cin, 4 * Cout)  # [Cin, 2*2*Cout]
+    patches = x.reshape(N * H * W, Cin) @ w  # [N*g*g, Cin] @ [Cin, 2*2*Cout] -> [N*g*g, 2*2*Cout]
+    patches = patches.reshape(N, H, W, 2, 2, Cout).transpose(0, 1, 3, 2, 4, 5)  # [N, g, 2, g, 2, Cout]
+    out = np.empty((N, H, 2, W, 2, Cout), np.float32)  # [N, g, 2, g, 2, Cout]
     np.add(patches, bias, out=out)  # copy into place + bias, one pass
-    return out.reshape(N, 2 * H, 2 * W, Co)  # [N, 2H, 2W, Co]
+    return out.reshape(N, 2 * H, 2 * W, Cout)  # [N, 2g, 2g, Cout]
 
 
 def output_upscaling(p, src, steps=None):  # [n, G, G, C] -> [n, 4G, 4G, C/8], channels-last
     """ConvT 2x2/2 -> LayerNorm2d -> GELU -> ConvT 2x2/2 -> GELU, all channels-last (a
     LayerNorm2d over channels is a LayerNorm over the last axis). ``steps``: a list that gets
     the five intermediates, channels-first, for the trace (copies: GELU runs in place)."""
-    def keep(x):  # [n, H, W, Co] -> steps += [n, Co, H, W]
+    def keep(x):  # [n, g, g, Cout] -> steps += [n, Cout, g, g]
         if steps is not None:
             steps.append(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
@@ -269,7 +269,7 @@ def predict_masks(p, cfg, state: DecoderImageState, sparse, dense=None, trace=No
     N = sparse.shape[0]
     output_tokens = np.concatenate([p["iou_token"]["weight"], p["mask_tokens"]["weight"]], axis=0)  # [1+K, C]
     output_tokens = np.broadcast_to(output_tokens[None], (N,) + output_tokens.shape)  # [N, 1+K, C]
-    tokens = np.concatenate([output_tokens, sparse], axis=1)  # [N, T, C]
+    tokens = np.concatenate([output_tokens, sparse], axis=1)  # [N, Tt, C]
 
     shared = dense is None or dense.shape[0] == 1 or dense.strides[0] == 0
     if dense is not None and shared:
@@ -284,7 +284,7 @@ def predict_masks(p, cfg, state: DecoderImageState, sparse, dense=None, trace=No
         layer0 = None
 
     hs, src = two_way_transformer(p["transformer"], cfg, keys, state.key_pe, tokens, trace,
-                                  state=layer0)  # [N, T, C], [N, GG, C]
+                                  state=layer0)  # [N, Tt, C], [N, GG, C]
     iou_token_out = hs[:, 0, :]  # [N, C]
     mask_tokens_out = hs[:, 1:1 + K, :]  # [N, K, C]
 
@@ -310,7 +310,7 @@ def predict_masks(p, cfg, state: DecoderImageState, sparse, dense=None, trace=No
     if trace is not None and steps:
         name = "mask_decoder.output_upscaling"
         for i in range(5):
-            trace[f"{name}.{i}"] = np.concatenate([s[i] for s in steps], axis=0)  # [N, Co, H, W]
+            trace[f"{name}.{i}"] = np.concatenate([s[i] for s in steps], axis=0)  # [N, Cout, g, g]
         trace[name] = trace[f"{name}.4"]
 
     iou_pred = mlp(p["iou_prediction_head"], iou_token_out, cfg.iou_head_depth, trace,

@@ -1,4 +1,4 @@
-"""The small pieces every model part uses: linear, LayerNorm, GELU, softmax, mask IoU.
+"""The small pieces every model part uses: linear, LayerNorm, GELU, softmax, mask IoU and boxes.
 
 Paper: Kirillov et al. 2023, section 3 and appendix A. Mirrors ``segment_anything/modeling/common.py``
 (``MLPBlock``, ``LayerNorm2d``) and the ``torch.nn`` layers the official modules are built from
@@ -95,6 +95,22 @@ def mask_iou(a, b, axes=(-2, -1)) -> np.ndarray:  # [..., H, W] bool x2 -> [...]
     inter = np.logical_and(a, b).sum(axis=axes)  # [...]
     union = np.logical_or(a, b).sum(axis=axes)  # [...]
     return inter / np.maximum(union, 1)  # [...]
+
+
+def mask_to_box(masks) -> np.ndarray:  # [..., H, W] bool -> [..., 4] int64
+    """The tight XYXY box around each mask, x1 and y1 inclusive (the last column and row that
+    are on), as ``utils/amg.py``'s ``batched_mask_to_box``; an empty mask gives [0, 0, 0, 0]."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.size == 0:
+        return np.zeros(masks.shape[:-2] + (4,), dtype=np.int64)
+    h, w = masks.shape[-2:]
+    in_row = masks.any(axis=-1)  # [..., H] rows that hold a pixel
+    in_col = masks.any(axis=-2)  # [..., W] columns that hold a pixel
+    top = np.where(in_row.any(-1), in_row.argmax(-1), 0)  # [...]
+    bottom = np.where(in_row.any(-1), h - 1 - in_row[..., ::-1].argmax(-1), 0)  # [...]
+    left = np.where(in_col.any(-1), in_col.argmax(-1), 0)  # [...]
+    right = np.where(in_col.any(-1), w - 1 - in_col[..., ::-1].argmax(-1), 0)  # [...]
+    return np.stack([left, top, right, bottom], axis=-1).astype(np.int64)  # [..., 4]
 
 
 # --------------------------------------------------------------------------- resizes

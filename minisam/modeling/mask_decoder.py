@@ -19,7 +19,7 @@ appendix A (figure 14). Mirrors ``segment_anything/modeling/mask_decoder.py``
 This is the readable path, written as the official file is (the image repeated per prompt,
 channels-first upscaling). :mod:`minisam.kernels.mask_decoder` runs the same arithmetic for
 one image and many prompts; ``tests/test_mask_decoder.py`` holds the two equal.
-Shapes (``docs/shapes.md``): N prompts, T tokens (1 + K + Ns), K mask tokens, C channels,
+Shapes (``docs/shapes.md``): N prompts, Tt tokens (1 + K + Ns), K mask tokens, C channels,
 G grid side, GG = G*G, R = 4G low-res mask side.
 """
 
@@ -46,17 +46,17 @@ def mlp(p, x, num_layers: int, trace=None, name: str = ""):  # [N, in] -> [N, ou
     return x
 
 
-def conv_transpose2x2_s2(x, weight, bias):  # [N, Ci, H, W], [Ci, Co, 2, 2], [Co] -> [N, Co, 2H, 2W]
+def conv_transpose2x2_s2(x, weight, bias):  # [N, Cin, g, g], [Cin, Cout, 2, 2], [Cout] -> [N, Cout, 2g, 2g]
     """``ConvTranspose2d(kernel_size=2, stride=2)``: no overlap, so each input pixel paints its
     own 2x2 output patch, ``out[o, 2i+di, 2j+dj] = sum_c x[c, i, j] W[c, o, di, dj] + b[o]``:
     one GEMM. The weight layout is (in, out, kH, kW)."""
-    N, Ci, H, W = x.shape
-    Co = weight.shape[1]
-    pixels = x.transpose(0, 2, 3, 1).reshape(N * H * W, Ci)  # [N, Ci, H, W] -> [N*H*W, Ci]
-    patches = pixels @ weight.reshape(Ci, Co * 4)  # [N*H*W, Ci] @ [Ci, Co*2*2] -> [N*H*W, Co*4]
-    patches = patches.reshape(N, H, W, Co, 2, 2)  # [N, H, W, Co, di, dj]
-    out = patches.transpose(0, 3, 1, 4, 2, 5).reshape(N, Co, 2 * H, 2 * W)  # [N, Co, 2H, 2W]
-    return out + bias[None, :, None, None]  # [N, Co, 2H, 2W]
+    N, Cin, H, W = x.shape
+    Cout = weight.shape[1]
+    pixels = x.transpose(0, 2, 3, 1).reshape(N * H * W, Cin)  # [N, Cin, g, g] -> [N*g*g, Cin]
+    patches = pixels @ weight.reshape(Cin, Cout * 4)  # [N*g*g, Cin] @ [Cin, Cout*2*2] -> [N*g*g, Cout*4]
+    patches = patches.reshape(N, H, W, Cout, 2, 2)  # [N, g, g, Cout, di, dj]
+    out = patches.transpose(0, 3, 1, 4, 2, 5).reshape(N, Cout, 2 * H, 2 * W)  # [N, Cout, 2g, 2g]
+    return out + bias[None, :, None, None]  # [N, Cout, 2g, 2g]
 
 
 def output_upscaling(p, x, trace=None, name: str = "mask_decoder.output_upscaling"):
@@ -89,14 +89,14 @@ def predict_masks(p, cfg, image_embeddings, image_pe, sparse, dense, trace=None)
     N = sparse.shape[0]
     output_tokens = np.concatenate([p["iou_token"]["weight"], p["mask_tokens"]["weight"]], axis=0)  # [1+K, C]
     output_tokens = np.broadcast_to(output_tokens[None], (N,) + output_tokens.shape)  # [N, 1+K, C]
-    tokens = np.concatenate([output_tokens, sparse], axis=1)  # [N, T, C]
+    tokens = np.concatenate([output_tokens, sparse], axis=1)  # [N, Tt, C]
 
     # One image, N prompts: the image is repeated per prompt (torch.repeat_interleave).
     src = np.repeat(image_embeddings, N, axis=0) + dense  # [N, C, G, G]
     pos_src = np.repeat(image_pe, N, axis=0)  # [N, C, G, G]
     _, C, G, _ = src.shape
 
-    hs, src = two_way_transformer(p["transformer"], cfg, src, pos_src, tokens, trace)  # [N, T, C], [N, GG, C]
+    hs, src = two_way_transformer(p["transformer"], cfg, src, pos_src, tokens, trace)  # [N, Tt, C], [N, GG, C]
     iou_token_out = hs[:, 0, :]  # [N, C]
     mask_tokens_out = hs[:, 1:1 + K, :]  # [N, K, C]
 

@@ -19,12 +19,13 @@ Shapes: ``docs/shapes.md``.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from minisam.config import SamConfig
-from minisam.errors import PromptError
+from minisam.errors import MinisamWarning, PromptError
 from minisam.kernels import image_encoder as image_encoder_fast
 from minisam.kernels import mask_decoder as mask_decoder_fast
 from minisam.kernels.resize import postprocess_masks
@@ -186,6 +187,7 @@ class Sam:
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    _warned_device = False  # Sam.to warns once per process about a non-CPU device
 
     def __init__(self, config: SamConfig, params: Dict[Any, Any], fast: Optional[bool] = None) -> None:
         self.config = config
@@ -202,6 +204,28 @@ class Sam:
         c = self.config
         return (f"Sam(encoder {c.encoder_embed_dim}x{c.encoder_depth}, img_size {c.img_size}, "
                 f"prompt dim {c.prompt_embed_dim})")
+
+    # -------------------------------------------------- the nn.Module calls that users' code makes
+
+    @property
+    def device(self) -> str:
+        """Always ``"cpu"``: minisam computes with NumPy on the CPU (``Sam.device`` in the official code)."""
+        return "cpu"
+
+    def to(self, device=None, *args, **kwargs) -> "Sam":
+        """``nn.Module.to``: returns the model. minisam stays on the CPU; any other device (for
+        example ``sam.to(device="cuda")`` from the official notebooks) warns once."""
+        device = kwargs.get("device", device)
+        name = str(getattr(device, "type", device)) if device is not None else "cpu"
+        if name.split(":")[0] != "cpu" and not Sam._warned_device:
+            Sam._warned_device = True
+            warnings.warn(f"minisam runs on the CPU with NumPy; sam.to({str(device)!r}) leaves it there",
+                          MinisamWarning, stacklevel=2)
+        return self
+
+    def eval(self) -> "Sam":
+        """``nn.Module.eval``: returns the model (minisam has no training-mode layers)."""
+        return self
 
     def get_dense_pe(self, trace: Optional[dict] = None):  # -> [1, C, G, G]
         """``sam.prompt_encoder.get_dense_pe()``, kept on the model for short lesson code."""

@@ -21,7 +21,7 @@ This is the readable path, written as the official file is: the image is repeate
 prompt. :mod:`minisam.kernels.mask_decoder` runs the same arithmetic on one shared copy of the
 image (tested equal in ``tests/test_mask_decoder.py``). Every LayerNorm here is
 ``nn.LayerNorm`` with its default eps 1e-5 (``docs/numerics.md`` section 3).
-Shapes (``docs/shapes.md``): N prompts, T tokens, GG image positions, C channels, Ci the
+Shapes (``docs/shapes.md``): N prompts, Tt tokens, GG image positions, C channels, Ci the
 attention width (C / downsample rate), nH heads, hd = Ci / nH per head, Dm the MLP width.
 """
 
@@ -72,36 +72,36 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
                   trace=None, name: str = ""):
     """``TwoWayAttentionBlock.forward``.
 
-    queries [N, T, C], keys [N, GG, C], query_pe [N, T, C], key_pe [N, GG, C]
-    -> (queries [N, T, C], keys [N, GG, C]).
+    queries [N, Tt, C], keys [N, GG, C], query_pe [N, Tt, C], key_pe [N, GG, C]
+    -> (queries [N, Tt, C], keys [N, GG, C]).
     """
     # 1. Self-attention of the tokens. Layer 0 *replaces* the queries (no residual, no PE).
     if skip_first_layer_pe:
         queries = attention(p["self_attn"], queries, queries, queries, num_heads, trace,
-                            name + ".self_attn")  # [N, T, C]
+                            name + ".self_attn")  # [N, Tt, C]
     else:
-        q = queries + query_pe  # [N, T, C]
-        attn_out = attention(p["self_attn"], q, q, queries, num_heads, trace, name + ".self_attn")  # [N, T, C]
-        queries = queries + attn_out  # [N, T, C]
-    queries = norm1 = _ln(queries, p["norm1"])  # [N, T, C]
+        q = queries + query_pe  # [N, Tt, C]
+        attn_out = attention(p["self_attn"], q, q, queries, num_heads, trace, name + ".self_attn")  # [N, Tt, C]
+        queries = queries + attn_out  # [N, Tt, C]
+    queries = norm1 = _ln(queries, p["norm1"])  # [N, Tt, C]
 
     # 2. Tokens read the image: q = tokens + PE, k = image + PE, v = image (no PE).
-    q = queries + query_pe  # [N, T, C]
+    q = queries + query_pe  # [N, Tt, C]
     k = keys + key_pe  # [N, GG, C]
     attn_out = attention(p["cross_attn_token_to_image"], q, k, keys, num_heads, trace,
-                         name + ".cross_attn_token_to_image")  # [N, T, C]
-    queries = queries + attn_out  # [N, T, C]
-    queries = norm2 = _ln(queries, p["norm2"])  # [N, T, C]
+                         name + ".cross_attn_token_to_image")  # [N, Tt, C]
+    queries = queries + attn_out  # [N, Tt, C]
+    queries = norm2 = _ln(queries, p["norm2"])  # [N, Tt, C]
 
     # 3. MLP on the tokens (ReLU, not GELU).
-    hidden = linear(queries, **p["mlp"]["lin1"])  # [N, T, C] -> [N, T, Dm]
-    act = relu(hidden)  # [N, T, Dm]
-    mlp_out = linear(act, **p["mlp"]["lin2"])  # [N, T, Dm] -> [N, T, C]
-    queries = queries + mlp_out  # [N, T, C]
-    queries = _ln(queries, p["norm3"])  # [N, T, C]
+    hidden = linear(queries, **p["mlp"]["lin1"])  # [N, Tt, C] -> [N, Tt, Dm]
+    act = relu(hidden)  # [N, Tt, Dm]
+    mlp_out = linear(act, **p["mlp"]["lin2"])  # [N, Tt, Dm] -> [N, Tt, C]
+    queries = queries + mlp_out  # [N, Tt, C]
+    queries = _ln(queries, p["norm3"])  # [N, Tt, C]
 
     # 4. The image reads the tokens: the roles swap (q = image + PE, k = tokens + PE, v = tokens).
-    q = queries + query_pe  # [N, T, C]
+    q = queries + query_pe  # [N, Tt, C]
     k = keys + key_pe  # [N, GG, C]
     attn_out = attention(p["cross_attn_image_to_token"], k, q, queries, num_heads, trace,
                          name + ".cross_attn_image_to_token")  # [N, GG, C]
@@ -120,24 +120,24 @@ def two_way_transformer(p, cfg, image_embedding, image_pe, point_embedding,
                         name: str = "mask_decoder.transformer") -> Tuple[np.ndarray, np.ndarray]:
     """``TwoWayTransformer.forward``.
 
-    image_embedding [N, C, G, G], image_pe [N, C, G, G], point_embedding [N, T, C]
-    -> (tokens [N, T, C], image [N, GG, C]), the image tokens in row-major (y, x) order.
+    image_embedding [N, C, G, G], image_pe [N, C, G, G], point_embedding [N, Tt, C]
+    -> (tokens [N, Tt, C], image [N, GG, C]), the image tokens in row-major (y, x) order.
     """
     N, C, G, _ = image_embedding.shape
     keys = image_embedding.reshape(N, C, G * G).transpose(0, 2, 1)  # [N, C, G, G] -> [N, GG, C]
     key_pe = image_pe.reshape(N, C, G * G).transpose(0, 2, 1)  # [N, C, G, G] -> [N, GG, C]
-    queries = point_embedding  # [N, T, C]
+    queries = point_embedding  # [N, Tt, C]
     for i in range(cfg.decoder_depth):
         queries, keys = two_way_block(p["layers"][i], queries, keys, point_embedding, key_pe,
                                       cfg.decoder_num_heads, skip_first_layer_pe=(i == 0),
-                                      trace=trace, name=f"{name}.layers.{i}")  # [N, T, C], [N, GG, C]
+                                      trace=trace, name=f"{name}.layers.{i}")  # [N, Tt, C], [N, GG, C]
     # Final tokens -> image attention, again with both PEs re-added.
-    q = queries + point_embedding  # [N, T, C]
+    q = queries + point_embedding  # [N, Tt, C]
     k = keys + key_pe  # [N, GG, C]
     attn_out = attention(p["final_attn_token_to_image"], q, k, keys, cfg.decoder_num_heads,
-                         trace, f"{name}.final_attn_token_to_image")  # [N, T, C]
-    queries = queries + attn_out  # [N, T, C]
-    queries = _ln(queries, p["norm_final_attn"])  # [N, T, C]
+                         trace, f"{name}.final_attn_token_to_image")  # [N, Tt, C]
+    queries = queries + attn_out  # [N, Tt, C]
+    queries = _ln(queries, p["norm_final_attn"])  # [N, Tt, C]
     if trace is not None:
         trace[f"{name}.norm_final_attn"] = queries
         trace[name] = (queries, keys)

@@ -45,7 +45,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from minisam.errors import PromptError
-from minisam.modeling.common import mask_iou
+from minisam.modeling.common import mask_iou, mask_to_box
 from minisam.training.losses import sam_loss
 
 INITIAL, POINT, MASK_ONLY = "initial", "point", "mask_only"
@@ -89,11 +89,10 @@ def sample_foreground_point(mask, rng) -> np.ndarray:
 
 def mask_box(mask) -> np.ndarray:
     """Tight XYXY box of ``mask`` [H, W]: [4] float32, max corner inclusive (as in amg.py)."""
-    from minisam.utils.amg import batched_mask_to_box  # here: utils.amg loads Numba, the CLI's parser need not
     mask = _as_mask(mask)
     if not mask.any():
         raise PromptError("target_mask is empty: it has no bounding box")
-    return batched_mask_to_box(mask).astype(np.float32)         # [4]
+    return mask_to_box(mask).astype(np.float32)                 # [4]
 
 
 def noisy_box(mask, rng, noise: float = 0.1, max_noise: float = 20.0) -> np.ndarray:

@@ -17,8 +17,9 @@ Every decision here is exact, not approximate, because it decides which masks su
   (by the first 2x2 block of each component in raster order), so ties in the
   "keep the largest island" rule break the same way.
 
-The Numba kernels (``_rle_counts``, ``_stability_counts``, ``_components``) each have a
-readable NumPy twin (``*_numpy``) that the tests hold equal on random inputs.
+The Numba kernels (``_rle_counts_kernel``, ``_stability_counts_kernel``, ``_components_kernel``)
+each have a readable NumPy twin (``mask_to_rle_numpy``, ``stability_counts_numpy``,
+``connected_components_numpy``) that the tests hold equal on random inputs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 
 from minisam.kernels.jit import njit
+from minisam.modeling.common import mask_to_box as batched_mask_to_box  # the official name
 
 # --------------------------------------------------------------------------------------
 # Point grids and crops
@@ -148,7 +150,7 @@ def stability_counts_numpy(logits: np.ndarray, hi: float, lo: float) -> Tuple[np
 
 
 @njit
-def _stability_counts(logits, hi, lo):  # [N, H, W] float32, float32, float32 -> [N], [N] int64
+def _stability_counts_kernel(logits, hi, lo):  # [N, H, W] float32, float32, float32 -> [N], [N] int64
     n, h, w = logits.shape
     inter = np.zeros(n, dtype=np.int64)
     union = np.zeros(n, dtype=np.int64)
@@ -180,7 +182,7 @@ def calculate_stability_score(masks: np.ndarray, mask_threshold: float,
     logits = np.ascontiguousarray(masks, dtype=np.float32)
     lead = logits.shape[:-2]
     flat = logits.reshape((-1,) + logits.shape[-2:])  # [..., H, W] -> [N, H, W]
-    inter, union = _stability_counts(flat, np.float32(mask_threshold + threshold_offset),
+    inter, union = _stability_counts_kernel(flat, np.float32(mask_threshold + threshold_offset),
                                      np.float32(mask_threshold - threshold_offset))
     with np.errstate(invalid="ignore", divide="ignore"):
         score = inter.astype(np.float32) / union.astype(np.float32)  # [N] float32 true division
@@ -190,21 +192,6 @@ def calculate_stability_score(masks: np.ndarray, mask_threshold: float,
 # --------------------------------------------------------------------------------------
 # Boxes and NMS
 # --------------------------------------------------------------------------------------
-
-
-def batched_mask_to_box(masks: np.ndarray) -> np.ndarray:  # [..., H, W] bool -> [..., 4] int64
-    """Inclusive XYXY boxes around masks; an empty mask gives [0, 0, 0, 0]."""
-    masks = np.asarray(masks, dtype=bool)
-    if masks.size == 0:
-        return np.zeros(masks.shape[:-2] + (4,), dtype=np.int64)
-    h, w = masks.shape[-2:]
-    in_row = masks.any(axis=-1)  # [..., H] rows that hold a pixel
-    in_col = masks.any(axis=-2)  # [..., W] columns that hold a pixel
-    top = np.where(in_row.any(-1), in_row.argmax(-1), 0)  # [...]
-    bottom = np.where(in_row.any(-1), h - 1 - in_row[..., ::-1].argmax(-1), 0)  # [...]
-    left = np.where(in_col.any(-1), in_col.argmax(-1), 0)  # [...]
-    right = np.where(in_col.any(-1), w - 1 - in_col[..., ::-1].argmax(-1), 0)  # [...]
-    return np.stack([left, top, right, bottom], axis=-1).astype(np.int64)  # [..., 4]
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:  # [N, 4] -> [N]
@@ -261,7 +248,7 @@ def mask_to_rle_numpy(mask: np.ndarray) -> List[int]:  # [H, W] bool -> run leng
 
 
 @njit
-def _rle_counts(mask):  # [H, W] bool -> [K] int64 column-major runs
+def _rle_counts_kernel(mask):  # [H, W] bool -> [K] int64 column-major runs
     h, w = mask.shape
     counts = np.empty(h * w + 2, dtype=np.int64)
     n = 0
@@ -287,7 +274,7 @@ def mask_to_rle(masks: np.ndarray) -> List[Dict[str, Any]]:  # [N, H, W] bool ->
     n, h, w = masks.shape
     if h * w == 0:  # nothing to scan: the official gives one run of length 0
         return [{"size": [h, w], "counts": [0]} for _ in range(n)]
-    return [{"size": [h, w], "counts": _rle_counts(masks[i]).tolist()} for i in range(n)]
+    return [{"size": [h, w], "counts": _rle_counts_kernel(masks[i]).tolist()} for i in range(n)]
 
 
 def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:  # RLE -> [H, W] bool
@@ -394,7 +381,7 @@ def _find(parent, i):
 
 
 @njit
-def _components(fg):  # [H, W] bool -> n_labels, [H, W] int32, [n_labels] int64
+def _components_kernel(fg):  # [H, W] bool -> n_labels, [H, W] int32, [n_labels] int64
     h, w = fg.shape
     parent = np.arange(h * w)
     for y in range(h):  # union each pixel with its already-scanned 8-neighbours (W, NW, N, NE)
@@ -443,7 +430,7 @@ def connected_components(mask: np.ndarray) -> Tuple[int, np.ndarray, np.ndarray]
     background and ``areas[0]`` its pixel count (cv2's ``stats[:, CC_STAT_AREA]``).
     """
     fg = np.ascontiguousarray(np.asarray(mask).astype(bool))
-    return _components(fg)
+    return _components_kernel(fg)
 
 
 def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> Tuple[np.ndarray, bool]:

@@ -9,7 +9,7 @@ Tolerances (fp32, both sides):
   erf/exp within 5e-7 of exact on either side. The measured errors are ~1e-7 to 1e-6
   relative (printed by ``compare``), so 1e-5 leaves ~10x headroom without hiding a bug: a
   wrong scale, eps, pad or rel-pos index moves the result by 1e-3 or more.
-- vit_b: 1e-4 x max|ref| on the image embedding (the brief's bound): 12 blocks, 768-wide
+- vit_b: 1e-4 x max|ref| on the image embedding (the project's parity bound for intermediates): 12 blocks, 768-wide
   sums and 4096-key softmaxes; measured errors are printed.
 """
 

@@ -21,6 +21,7 @@ from minisam.build_sam import (build_sam, build_sam_vit_b, build_sam_vit_h, buil
 
 _LAZY = {
     "load_state_dict": "minisam.checkpoints.formats",
+    "save_checkpoint": "minisam.checkpoints.formats",
     "Sam": "minisam.modeling.sam",
     "SamConfig": "minisam.config",
     "SamPredictor": "minisam.predictor",

@@ -256,3 +256,90 @@ def test_safetensors_refusals(tmp_path):
     p.write_bytes((10 ** 12).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError):
         load_state_dict(p)
+
+
+# ----------------------------------------------------------------------------- writing checkpoints
+
+def _tiny_sam(seed=0):
+    from minisam.checkpoints.param_tree import nest
+    from minisam.modeling.sam import Sam
+    cfg = TINY_CONFIGS["pad_window"]
+    sd = {k: v.detach().numpy() for k, v in official_model(cfg, seed).state_dict().items()}
+    return Sam(cfg, nest(sd)), sd
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".npz"])
+def test_save_checkpoint_round_trips_bit_for_bit(tmp_path, suffix):
+    """save_checkpoint writes every tensor bit-identical, in the state dict's order; a .pth loads
+    in torch.load(weights_only=True) as torch.save's own file would."""
+    from minisam import save_checkpoint
+    sam, sd = _tiny_sam()
+    path = save_checkpoint(sam, tmp_path / f"model{suffix}")
+    back = load_state_dict(path)
+    assert list(back) == list(sd)
+    for k, v in sd.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+    if suffix == ".pth":
+        theirs = torch.load(path, weights_only=True)
+        assert list(theirs) == list(sd)
+        for k, v in sd.items():
+            assert np.array_equal(theirs[k].numpy(), v), k
+    assert os.listdir(tmp_path) == [f"model{suffix}"]   # no temporary file left behind
+
+
+def test_save_checkpoint_refuses_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    from minisam import save_checkpoint
+    from minisam.checkpoints import formats
+    sam, _ = _tiny_sam()
+    existing = tmp_path / "model.pth"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(CheckpointError, match="exists"):
+        save_checkpoint(sam, existing)
+    assert existing.read_bytes() == b"keep me"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        save_checkpoint(sam, tmp_path / "no" / "such" / "model.pth")
+    with pytest.raises(CheckpointError, match="suffix"):
+        save_checkpoint(sam, tmp_path / "model.bin")
+
+    def disk_full(path, state_dict):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setitem(formats._WRITERS, ".pth", disk_full)
+    with pytest.raises(CheckpointError, match="No space left"):
+        save_checkpoint(sam, existing, force=True)
+    assert existing.read_bytes() == b"keep me" and sorted(os.listdir(tmp_path)) == ["model.pth"]
+    monkeypatch.undo()
+    save_checkpoint(sam, existing, force=True)
+    assert load_state_dict(existing).keys() == sam_keys(sam)
+
+
+def sam_keys(sam):
+    from minisam.checkpoints.param_tree import flatten
+    return flatten(sam.params).keys()
+
+
+@pytest.mark.vit_b
+def test_saved_vit_b_loads_in_the_official_build_sam(tmp_path):
+    """A vit_b written by minisam (no torch involved) is what segment_anything.build_sam_vit_b
+    loads, strict, with bit-identical tensors and the same decoder outputs."""
+    from segment_anything import build_sam_vit_b
+
+    from minisam import build_sam, save_checkpoint
+    from minisam.config import VIT_B
+    model = official_model(VIT_B, 3)
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    path = save_checkpoint(sd, tmp_path / "sam_vit_b_minisam.pth")
+    theirs = build_sam_vit_b(checkpoint=path)
+    for k, v in theirs.state_dict().items():
+        assert np.array_equal(v.numpy(), sd[k]), k
+    assert build_sam(path).config == VIT_B
+    emb = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32))
+    pts = (torch.tensor([[[300.0, 400.0]]]), torch.tensor([[1]]))
+    with torch.no_grad():
+        outs = []
+        for m in (model, theirs):
+            sp, de = m.prompt_encoder(points=pts, boxes=None, masks=None)
+            outs.append(m.mask_decoder(emb, m.prompt_encoder.get_dense_pe(), sp, de, True))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

@@ -1,4 +1,4 @@
-"""Reading checkpoints without torch: ``.pth`` (torch zip), ``.safetensors`` and ``.npz``.
+"""Reading and writing checkpoints without torch: ``.pth`` (torch zip), ``.safetensors`` and ``.npz``.
 
 An official SAM checkpoint (``sam_vit_b_01ec64.pth``) is what ``torch.save(state_dict)``
 writes: a zip archive holding ``<stem>/data.pkl`` (a pickle, protocol 2, of an
@@ -362,7 +362,8 @@ def _load_state_dict(path) -> Dict[str, np.ndarray]:
 
 def save_npz(path, state_dict: Dict[str, np.ndarray]) -> None:
     """Write a flat state dict as ``.npz`` (readable by :func:`load_state_dict`)."""
-    np.savez(path, **state_dict)
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path without it
+        np.savez(f, **state_dict)
 
 
 def save_safetensors(path, state_dict: Dict[str, np.ndarray], metadata: Dict[str, str] = None) -> None:
@@ -387,3 +388,129 @@ def save_safetensors(path, state_dict: Dict[str, np.ndarray], metadata: Dict[str
         f.write(raw)
         for blob in blobs:
             f.write(blob)
+
+
+# --------------------------------------------------------------------------- writing .pth without torch
+
+# numpy dtype -> the torch storage class torch.save names for it
+_DTYPE_STORAGES = {v: k for k, v in _STORAGE_DTYPES.items() if k != "BFloat16Storage"}
+
+
+def _pickle_state_dict(entries) -> bytes:
+    """The ``data.pkl`` that ``torch.save(state_dict)`` writes (protocol 2), opcode by opcode:
+    ``OrderedDict`` of ``torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False,
+    OrderedDict())``, each storage a persistent id ``('storage', torch.<T>Storage, key, 'cpu',
+    numel)``. Written by hand because ``pickle`` would need the torch objects to name them.
+    ``entries``: (name, storage class name, storage key, shape, numel) in order."""
+    out = io.BytesIO()
+    w = out.write
+
+    def text(s: str) -> None:  # BINUNICODE
+        b = s.encode("utf-8")
+        w(pickle.BINUNICODE + len(b).to_bytes(4, "little") + b)
+
+    def integer(n: int) -> None:
+        if 0 <= n < 256:
+            w(pickle.BININT1 + bytes([n]))
+        elif -2**31 <= n < 2**31:
+            w(pickle.BININT + int(n).to_bytes(4, "little", signed=True))
+        else:
+            b = int(n).to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+            w(pickle.LONG1 + bytes([len(b)]) + b)
+
+    def ints(values) -> None:  # a tuple of ints
+        w(pickle.MARK)
+        for v in values:
+            integer(v)
+        w(pickle.TUPLE)
+
+    def empty_ordered_dict() -> None:
+        w(pickle.GLOBAL + b"collections\nOrderedDict\n" + pickle.EMPTY_TUPLE + pickle.REDUCE)
+
+    w(pickle.PROTO + b"\x02")
+    empty_ordered_dict()
+    w(pickle.MARK)
+    for name, storage, key, shape, numel in entries:
+        text(name)
+        w(pickle.GLOBAL + b"torch._utils\n_rebuild_tensor_v2\n")
+        w(pickle.MARK)
+        w(pickle.MARK)
+        text("storage")
+        w(pickle.GLOBAL + f"torch\n{storage}\n".encode())
+        text(key)
+        text("cpu")
+        integer(numel)
+        w(pickle.TUPLE + pickle.BINPERSID)
+        integer(0)                                                  # storage offset
+        ints(shape)                                                 # size
+        strides, step = [], 1
+        for d in reversed(shape):
+            strides.append(step)
+            step *= max(int(d), 1)
+        ints(reversed(strides))                                     # C-contiguous stride
+        w(pickle.NEWFALSE)                                          # requires_grad
+        empty_ordered_dict()                                        # backward hooks
+        w(pickle.TUPLE + pickle.REDUCE)
+    w(pickle.SETITEMS + pickle.STOP)
+    return out.getvalue()
+
+
+def save_pth(path, state_dict: Dict[str, np.ndarray]) -> None:
+    """Write a flat state dict as ``torch.save`` does (zip format, ``archive/`` prefix, every
+    record stored uncompressed, storage data 64-byte aligned), without torch: the file loads
+    with ``torch.load(path, weights_only=True)`` and ``segment_anything.build_sam``."""
+    entries, blobs = [], []
+    for i, (name, arr) in enumerate(state_dict.items()):
+        a = np.asarray(arr)
+        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        if dt not in _DTYPE_STORAGES:
+            raise CheckpointError(f"{path}: cannot store {name!r} of dtype {a.dtype} in a .pth")
+        entries.append((name, _DTYPE_STORAGES[dt], str(i), tuple(int(d) for d in a.shape), int(a.size)))
+        blobs.append(np.ascontiguousarray(a, dtype=dt).tobytes())
+    records = [("archive/data.pkl", _pickle_state_dict(entries)), ("archive/byteorder", b"little")]
+    records += [(f"archive/data/{i}", blob) for i, blob in enumerate(blobs)]
+    records += [("archive/version", b"3\n"), ("archive/.data/serialization_id", os.urandom(20).hex().encode())]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, data in records:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            # torch aligns record data at 64 bytes (for mmap) with a padding extra field
+            header = 30 + len(name.encode())
+            pad = -(zf.fp.tell() + header + 4) % 64
+            info.extra = b"FB" + pad.to_bytes(2, "little") + b"Z" * pad
+            zf.writestr(info, data)
+
+
+_WRITERS = {".pth": save_pth, ".pt": save_pth, ".safetensors": save_safetensors, ".npz": save_npz}
+
+
+def save_checkpoint(sam_or_state_dict, path, force: bool = False) -> str:
+    """Write a model (a :class:`minisam.modeling.sam.Sam`, or a flat state dict) to ``path``:
+    the official ``.pth`` format (``.pth``/``.pt``), ``.safetensors`` or ``.npz``, chosen by the
+    suffix. The file is written next to its destination and renamed into place, so a failed
+    write leaves nothing under ``path``; an existing file is kept unless ``force=True``.
+    Returns the path written."""
+    from minisam.checkpoints.param_tree import flatten
+    name = os.fspath(path)
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix not in _WRITERS:
+        raise CheckpointError(f"{name}: unknown checkpoint suffix {suffix!r}; use one of {sorted(_WRITERS)}")
+    if os.path.isdir(name):
+        raise CheckpointError(f"{name}: is a folder")
+    if os.path.exists(name) and not force:
+        raise CheckpointError(f"{name}: exists; pass force=True to overwrite it")
+    params = getattr(sam_or_state_dict, "params", sam_or_state_dict)
+    flat = flatten(params) if any(isinstance(v, (dict, list)) for v in params.values()) else dict(params)
+    folder = os.path.dirname(os.path.abspath(name))
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{name}: folder {folder} does not exist")
+    tmp = os.path.join(folder, f".{os.path.basename(name)}.{os.getpid()}.part")
+    try:
+        _WRITERS[suffix](tmp, flat)
+        os.replace(tmp, name)
+    except OSError as exc:
+        raise CheckpointError(f"{name}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return name

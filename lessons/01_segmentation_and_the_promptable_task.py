@@ -51,6 +51,10 @@ for n, i in enumerate(scene.objects, start=1):
 panoptic = semantic * 1000 + instance                       # [S, S]
 print("semantic classes present:", sorted({classes[c] for c in np.unique(semantic)}))
 print("instances:", int(instance.max()), "| panoptic segments:", len(np.unique(panoptic)))
+_lesson.claim(len(np.unique(semantic[instance > 0])) <= int(instance.max()),
+              "semantic segmentation merges instances: no more object classes than objects")
+_lesson.claim(len(np.unique(panoptic)) == int(instance.max()) + int((instance == 0).any()),
+              "panoptic = one segment per object (things) + the background as one class (stuff)")
 
 fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
 axes[0].imshow(scene.image); axes[0].set_title("image")
@@ -76,6 +80,9 @@ predictor.set_image(scene.image)
 masks, scores, low_res = predictor.predict(point_coords=point[None], point_labels=np.array([1]))
 print("predict ->", "masks", masks.shape, masks.dtype, "| scores", scores.shape, np.round(scores, 3),
       "| low-res logits", low_res.shape)
+_lesson.claim(masks.shape[0] == 3 and scores.shape == (3,), "SAM answers with three masks and a score for each")
+if scene.levels[part] == "part":
+    _lesson.claim(len(valid) >= 2, "a click on a shape inside a shape lies in more than one valid mask")
 
 fig, axes = plt.subplots(1, 1 + len(valid) + 3, figsize=(3.2 * (4 + len(valid)), 3.4))
 axes[0].imshow(scene.image); axes[0].plot(*point, "g*", ms=14, mec="w"); axes[0].set_title("the prompt")
@@ -114,6 +121,12 @@ stages = [
 ]
 for name, shape in stages:
     print(f"  {name:<48s} {tuple(shape)}")
+G = c.image_embedding_size
+_lesson.claim(np.array_equal(embedding, predictor.features),
+              "the image encoder runs once per image: the predictor's embedding is this one, bit for bit")
+_lesson.claim(embedding.shape == (1, c.prompt_embed_dim, G, G) and low.shape == (1, 3, 4 * G, 4 * G)
+              and full.shape[-2:] == scene.image.shape[:2],
+              "embedding [1, C, G, G]; low-res logits at 4G; masks back at the image size")
 
 fig, ax = plt.subplots(figsize=(12, 6.5))
 ax.axis("off")

@@ -51,6 +51,9 @@ resize = ResizeLongestSide(S)
 newh, neww = resize.get_preprocess_shape(H, W, S)
 resized = resize.apply_image(photo)                     # [newh, neww, 3] uint8
 print("resized", resized.shape, "= get_preprocess_shape", (newh, neww))
+_lesson.claim(max(resized.shape[:2]) == S and resized.shape[:2] == (newh, neww)
+              and abs(newh / neww - H / W) <= 1 / min(newh, neww),
+              "the longest side becomes S and the aspect ratio is kept (to one pixel)")
 
 # Prompts live in the same resized frame: a click moves with the image.
 click = np.array([[W * 0.7, H * 0.4]])                  # [1, 2] (x, y) in the photo
@@ -63,6 +66,10 @@ print("model input", x.shape, x.dtype, "| pad rows", S - newh, "cols", S - neww,
       "| all zeros:", bool(np.all(x[:, :, newh:] == 0) and np.all(x[:, :, :, neww:] == 0)))
 print("pixel mean", np.asarray(cfg.pixel_mean), "std", np.asarray(cfg.pixel_std),
       "-> a pad pixel reads as the mean colour")
+mean_pixel = np.asarray(cfg.pixel_mean, np.float32)[:, None, None]                 # [3, 1, 1]
+_lesson.claim(np.all(x[:, :, newh:] == 0) and np.all(x[:, :, :, neww:] == 0)
+              and np.allclose(sam.preprocess(np.broadcast_to(mean_pixel, (3, 2, 2))[None])[0, :, :2, :2], 0),
+              "the padding is zeros after normalization, the value a mean-colour pixel gets")
 
 # --- Patches: a PxP stride-P conv == cut into patches, flatten, one matmul --------------
 proj = enc["patch_embed"]["proj"]                       # weight [D, 3, P, P], bias [D]
@@ -79,6 +86,11 @@ cut = x[0].reshape(3, G, P, G, P).transpose(1, 3, 0, 2, 4).reshape(G * G, 3 * P 
 as_matmul = cut @ proj["weight"].reshape(D, -1).T + proj["bias"]                    # [G*G, D]
 print("all tokens as one matmul [G*G, 3*P*P] @ [3*P*P, D]:", as_matmul.shape, "max |diff| =",
       float(np.abs(as_matmul - tokens[0].reshape(G * G, D)).max()))
+scale = float(np.abs(tokens).max())
+# float32 sums of 3*P*P products in a different order: a few ulps of the largest token value
+_lesson.claim(np.abs(by_hand - tokens[0, gy, gx]).max() <= 1e-5 * scale
+              and np.abs(as_matmul - tokens[0].reshape(G * G, D)).max() <= 1e-5 * scale,
+              "a stride-P conv is exactly cut into patches, flatten, one matmul (float32 rounding only)")
 
 # The absolute position embedding: one learned D-vector per grid cell, added to the tokens.
 # It starts at zero (official ``ImageEncoderViT.__init__``): any structure in it is learned.

@@ -19,8 +19,8 @@ What happens in a windowed block:
 This lesson runs the model's own weights (``--model micro`` by default) on a synthetic
 scene, spells out one window of the deepest windowed block by hand, checks it against the
 encoder, and draws the windows, the rel-pos bias and every head's attention for a query on
-an object. How much of a head's attention stays on the query's own object is printed: for a
-trained model, some heads stay on the object, others look around it.
+an object. How much of each head's attention stays on the query's own object is printed,
+beside the share of the window that object covers (what uniform attention would give).
 
 Run:  python lessons/03_windowed_attention.py --out out/03
 """
@@ -53,6 +53,7 @@ Gb, wb = VIT_B.image_embedding_size, VIT_B.window_size
 Hb = -(-Gb // wb) * wb
 print(f"vit_b: grid {Gb} pads to {Hb} = {Hb // wb}x{Hb // wb} windows of {wb}; "
       f"{1 - Gb * Gb / (Hb * Hb):.0%} of their tokens are padding")
+_lesson.claim(Hb == 70, "for the official models the 64 x 64 grid pads to 70 x 70")
 
 # --- An input: a synthetic scene, preprocessed (lesson 02), through the whole encoder ----
 scene = make_scene(np.random.default_rng(5), S)
@@ -113,6 +114,13 @@ print("rel-pos terms: rel_h", rel_h.shape, "rel_w", rel_w.shape, "| probs", prob
 print("attention of the query sums to", probs[:, query].sum(-1))
 print("spelled out vs the encoder's block output: max |diff| =",
       float(np.abs(out - trace[f"image_encoder.blocks.{b}.attn"][win]).max()))
+reference = trace[f"image_encoder.blocks.{b}.attn"][win]                       # [w, w, D]
+_lesson.claim(np.allclose(probs.sum(-1), 1, atol=1e-5), "every query's attention sums to 1 over its window")
+# the same float32 operations in another order: the parity suite's 1e-5 x max bound
+_lesson.claim(np.abs(out - reference).max() <= 1e-5 * np.abs(reference).max(),
+              "steps 2 and 3 spelled out are the encoder's windowed attention")
+_lesson.claim(blk["rel_pos_h"].shape[0] == blk["rel_pos_w"].shape[0] == 2 * w - 1,
+              "the two rel-pos tables have length 2w - 1")
 full = window_unpartition(trace[f"image_encoder.blocks.{b}.attn"], w, (Hp, Wp), (G, G))  # [1, G, G, D]
 print("after unpartition (pad cropped):", full.shape)
 
@@ -132,6 +140,8 @@ if Hp > G:
     real = ~is_pad
     print(f"bottom-right window: mean attention mass on pad tokens (not masked!) "
           f"{last_probs[:, real][:, :, is_pad].sum(-1).mean():.3f}")
+    _lesson.claim(np.all(windows[-1][is_pad.reshape(w, w)] == 0) and np.all(last_probs[:, real][:, :, is_pad] > 0),
+                  "pad tokens are zeros after norm1, and they are not masked: every real query gives them attention")
 
 # --- Figure 1: the windows drawn on the image -----------------------------------------
 fig, ax = plt.subplots(figsize=(5.5, 5.5))

@@ -18,8 +18,8 @@ This lesson runs the whole encoder of the model (``--model micro`` by default) o
 synthetic scene with a trace, recomputes the last global block's attention for a query on
 an object, measures how far each head looks (the mean attention distance of Dosovitskiy et
 al. 2021, figure 7) and how much of its attention lands on the query's own object, and draws
-the attention maps and the image embedding. With trained weights the embedding should
-separate the objects from the background: the printed cosine similarities say how well.
+the attention maps and the image embedding. The printed cosine similarities measure how far
+the embedding separates the query's object from the background.
 
 Run:  python lessons/04_global_attention_and_neck.py --out out/04
 """
@@ -56,6 +56,11 @@ for gb in globals_:
 for key in [f"image_encoder.neck.{i}" for i in range(4)]:
     print(f"{key:<40s} {trace[key].shape}")
 print("image embedding", emb.shape, emb.dtype)
+_lesson.claim(tuple(VIT_B.encoder_global_attn_indexes) == (2, 5, 8, 11), "ViT-B's global blocks are 2, 5, 8, 11")
+if args.model == "micro" and args.checkpoint is None:
+    _lesson.claim(globals_ == [2, 5] and C == 96, "micro's global blocks are 2 and 5, and its embedding has 96 channels")
+_lesson.claim([trace[f"image_encoder.neck.{i}"].shape[1] for i in range(4)] == [C] * 4 and emb.shape == (1, C, G, G),
+              "the neck maps D-dim tokens to the C-channel embedding: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d")
 
 # The query: the most interior token of the largest object.
 obj = max(scene.objects, key=lambda i: scene.masks[i].sum())
@@ -100,6 +105,10 @@ mine = enc.linear((probs[:, None] @ v).transpose(1, 0, 2).reshape(1, D),
                   blk["proj"]["weight"], blk["proj"]["bias"])              # [1, D]
 print("recomputed row vs the encoder's block output: max |diff| =",
       float(np.abs(mine[0] - trace[f"image_encoder.blocks.{gb}.attn"][0, token[0], token[1]]).max()))
+row = trace[f"image_encoder.blocks.{gb}.attn"][0, token[0], token[1]]     # [D]
+_lesson.claim(np.allclose(probs.sum(-1), 1, atol=1e-5), "a global query's attention sums to 1 over all G*G keys")
+_lesson.claim(np.abs(mine[0] - row).max() <= 1e-5 * np.abs(row).max(),
+              "the recomputed row is the encoder's global attention output (float32 rounding only)")
 for h in range(nH):
     print(f"  head {h}: {probs[h][on_obj].sum():.2f} of the attention on the object "
           f"(it covers {on_obj.mean():.2f} of the image)")
@@ -108,6 +117,15 @@ vb = VIT_B.image_embedding_size ** 2
 print(f"vit_b global block: [{VIT_B.encoder_num_heads}, {vb}, {vb}] scores = "
       f"{VIT_B.encoder_num_heads * vb * vb * 4 / 2**20:.0f} MiB if held whole; minisam holds "
       f"{enc._SCORE_BUDGET * 4 / 2**20:.0f} MiB chunks")
+_lesson.claim(round(VIT_B.encoder_num_heads * vb * vb * 4 / 1e6) == 805, "a ViT-B global block's scores take 805 MB")
+budget, enc._SCORE_BUDGET = enc._SCORE_BUDGET, G * G * 7           # chunks of 7 query rows
+try:
+    chunked = sam.image_encoder(x)                                  # [1, C, G, G]
+finally:
+    enc._SCORE_BUDGET = budget
+_lesson.claim(np.abs(chunked - emb).max() <= 1e-6 * np.abs(emb).max(),
+              "chunking the query rows of global attention leaves the embedding unchanged (to float32 rounding)")
+print("embedding with 7-row chunks vs whole: max |diff| =", float(np.abs(chunked - emb).max()))
 
 # --- The image embedding: do tokens of one object look alike? ---------------------------
 # Every token shares a large common part (the LayerNorm2d bias, among others): compare what

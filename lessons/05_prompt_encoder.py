@@ -54,6 +54,9 @@ print(f"Gaussian matrix: {gauss.shape} (2 coordinates x {C // 2} random directio
 pe = dense_pe(p, cfg)                                             # [C, G, G]
 print(f"dense PE: {pe.shape}  (channels 0..{C // 2 - 1} = sin, {C // 2}..{C - 1} = cos)")
 print(f"sam.get_dense_pe(): {sam.get_dense_pe().shape}, same numbers with a batch axis")
+_lesson.claim(np.allclose(pe[:C // 2] ** 2 + pe[C // 2:] ** 2, 1, atol=1e-5),
+              "channels 0..C/2-1 are the sines and C/2..C-1 the cosines of the same projections")
+_lesson.claim(np.array_equal(sam.get_dense_pe()[0], pe), "get_dense_pe() is the dense PE with a batch axis")
 freq = np.linalg.norm(gauss, axis=0)                              # [C/2] frequency of each pair
 order = np.argsort(freq)
 picks = [order[0], order[len(order) // 3], order[2 * len(order) // 3], order[-1]]
@@ -109,6 +112,8 @@ _lesson.save(fig, args, "05_pe_similarity.png")
 plt.close(fig)
 print(f"PE similarity at 0, 1 cell, 4 cells from the centre: {means[0]:.2f}, "
       f"{np.interp(S / G, edges[:-1], means):.2f}, {np.interp(4 * S / G, edges[:-1], means):.2f}")
+_lesson.claim(means[0] > np.interp(4 * S / G, edges[:-1], means),
+              "PE similarity falls off with distance: nearer pixels are more alike than 4 cells away")
 
 # --- 3. Sparse tokens: points and a box on a real scene -----------------------------------
 # The predictor maps points from the original image to the model's input frame
@@ -133,10 +138,15 @@ print("point token = PE + label vector:",
       "| background:", np.allclose(sparse[0, 1] - bare[1], p["point_embeddings"][0]["weight"][0], atol=1e-5),
       "| padding = not_a_point_embed:", np.array_equal(sparse[0, 2], p["not_a_point_embed"]["weight"][0]))
 corner_pe = pe_with_coords(p, cfg, box.reshape(1, 2, 2) + 0.5)[0]     # [2, C]
-print("box corners = PE + corner vectors 2 and 3:",
-      np.allclose(sparse_box[0] - corner_pe,
-                  np.stack([p["point_embeddings"][2]["weight"][0], p["point_embeddings"][3]["weight"][0]]),
-                  atol=1e-5))
+corners = np.stack([p["point_embeddings"][2]["weight"][0], p["point_embeddings"][3]["weight"][0]])  # [2, C]
+print("box corners = PE + corner vectors 2 and 3:", np.allclose(sparse_box[0] - corner_pe, corners, atol=1e-5))
+_lesson.claim(sparse.shape == (1, 3, C) and sparse_b.shape == (1, 4, C) and sparse_box.shape == (1, 2, C),
+              "a padding token is appended only when there is no box")
+_lesson.claim(np.allclose(sparse[0, 0] - bare[0], p["point_embeddings"][1]["weight"][0], atol=1e-5)
+              and np.allclose(sparse[0, 1] - bare[1], p["point_embeddings"][0]["weight"][0], atol=1e-5)
+              and np.array_equal(sparse[0, 2], p["not_a_point_embed"]["weight"][0])
+              and np.allclose(sparse_box[0] - corner_pe, corners, atol=1e-5),
+              "a token is the PE of its location plus a learned vector for what it is; the pad has no PE")
 
 # --- 4. A mask prompt: the previous prediction's low-res logits -> C x G x G ---------------
 # In use (and in training, lesson 10) the mask prompt is the low-res logits the decoder
@@ -156,6 +166,9 @@ for i, name in enumerate(steps):
     print(f"  mask_downscaling.{i} {name:<12} -> {trace[f'prompt_encoder.mask_downscaling.{i}'].shape}")
 print(f"mask prompt -> dense {dense_m.shape} (without a mask: no_mask_embed {p['no_mask_embed']['weight'].shape} "
       f"broadcast to {dense.shape})")
+_lesson.claim(mask_logits.shape[-1] == 4 * G and dense_m.shape == (1, C, G, G)
+              and np.array_equal(dense[0], np.broadcast_to(p["no_mask_embed"]["weight"].reshape(C, 1, 1), (C, G, G))),
+              "a 4G x 4G mask prompt comes down to C x G x G; without one, no_mask_embed is added everywhere")
 
 fig, axes = plt.subplots(1, 5, figsize=(19, 4))
 axes[0].imshow(scene.image)

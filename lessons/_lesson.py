@@ -1,5 +1,5 @@
-"""What every lesson shares: its command line (``--out``, ``--model``, ``--checkpoint``) and
-the model it runs on.
+"""What every lesson shares: its command line (``--out``, ``--model``, ``--checkpoint``), the
+model it runs on, and :func:`claim`, which checks a sentence of the text in code.
 
 By default a lesson runs on ``micro``, minisam's small SAM trained on synthetic shapes and
 shipped in ``weights/`` (offline, a few MB, 128x128 inputs). With the official weights,
@@ -34,6 +34,15 @@ def load_model(args):
     print(f"model: {args.checkpoint or args.model}: {c.encoder_depth}-block ViT, D={c.encoder_embed_dim}, "
           f"input {c.img_size}x{c.img_size}, grid {c.image_embedding_size}x{c.image_embedding_size}")
     return sam
+
+
+def claim(holds, statement: str) -> None:
+    """A sentence of the lesson's text, checked in code: printed with its verdict, and a false
+    one stops the lesson with an error (``tests/test_lessons.py`` runs every lesson)."""
+    holds = bool(holds)
+    print(f"claim {'holds' if holds else 'FAILS'}: {statement}")
+    if not holds:
+        raise SystemExit(f"lesson claim failed: {statement}")
 
 
 def save(fig, args, name: str) -> str:

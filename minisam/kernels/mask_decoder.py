@@ -261,9 +261,10 @@ def predict_masks(p, cfg, state: DecoderImageState, sparse, dense=None, trace=No
 
     state: the image's :class:`DecoderImageState`; sparse [N, Ns, C]; dense [N, C, G, G], or
     None for the dense embedding the state was built with -> (masks [N, K, R, R], iou [N, K]).
-    A dense embedding shared by all prompts (a [1, ...] array or a stride-0 broadcast, as the
-    prompt encoder returns without masks) gets its own shared state; per-prompt dense
-    embeddings (mask inputs) give per-prompt image tokens, as in the official code.
+    ``dense=None`` shares one copy of the image tokens among the prompts; per-prompt dense
+    embeddings (mask inputs) give per-prompt image tokens, as in the official code. A dense
+    embedding shared by all prompts belongs in the state (:meth:`MaskDecoder.__call__
+    <minisam.modeling.sam.MaskDecoder.__call__>` builds it so).
     """
     K = cfg.num_mask_tokens
     N = sparse.shape[0]
@@ -271,10 +272,7 @@ def predict_masks(p, cfg, state: DecoderImageState, sparse, dense=None, trace=No
     output_tokens = np.broadcast_to(output_tokens[None], (N,) + output_tokens.shape)  # [N, 1+K, C]
     tokens = np.concatenate([output_tokens, sparse], axis=1)  # [N, Tt, C]
 
-    shared = dense is None or dense.shape[0] == 1 or dense.strides[0] == 0
-    if dense is not None and shared:
-        state = image_state(p, cfg, state.image_embeddings, state.image_pe, dense[:1])
-    if shared:
+    if dense is None:
         keys, layer0 = state.keys, state  # [1, GG, C]: one image for all prompts
     else:
         emb = state.image_embeddings  # [1, C, G, G]

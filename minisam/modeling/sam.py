@@ -163,8 +163,12 @@ class MaskDecoder(_Part):
             return mask_decoder_readable.mask_decoder(self.params, self.config, image_embeddings, image_pe,
                                                       sparse_prompt_embeddings, dense_prompt_embeddings,
                                                       multimask_output, trace=trace)
+        dense = dense_prompt_embeddings
+        if dense.shape[0] == 1 or dense.strides[0] == 0:  # one dense embedding for all prompts (no mask input)
+            state = mask_decoder_fast.image_state(self.params, self.config, image_embeddings, image_pe, dense[:1])
+            return self.decode(state, sparse_prompt_embeddings, None, multimask_output, trace)
         state = self.image_state(image_embeddings, image_pe)
-        return self.decode(state, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output, trace)
+        return self.decode(state, sparse_prompt_embeddings, dense, multimask_output, trace)
 
     def image_state(self, image_embeddings, image_pe):
         """The image's prompt-independent decoder inputs (:class:`minisam.kernels.mask_decoder.DecoderImageState`),

@@ -20,6 +20,7 @@ from minisam.config import _normalize as make_overrides
 from minisam.errors import CheckpointError, ConfigError
 from minisam.checkpoints.hf_keys import hf_to_official, is_hf_layout
 from minisam.checkpoints.param_tree import nest
+from minisam.checkpoints.pretrained_dir import config_from_hf, read_pretrained_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -50,22 +51,32 @@ def check_state_dict(sd: Mapping[str, np.ndarray], cfg: SamConfig, source: str =
 
 def build_sam(checkpoint: Union[PathLike, Mapping[str, np.ndarray]],
               config: Optional[Union[SamConfig, Mapping[str, Any]]] = None):
-    """A :class:`minisam.modeling.sam.Sam` from a checkpoint path or a flat state dict.
+    """A :class:`minisam.modeling.sam.Sam` from a checkpoint file, a Hugging Face
+    ``save_pretrained`` directory (:mod:`minisam.checkpoints.pretrained_dir`: its config.json is
+    read and checked against the tensors) or a flat state dict.
 
     ``config``: ``None`` to infer everything from the shapes; a mapping of fields to override
     (the decoder head count is the one size no shape shows: default 8); or a full
     :class:`SamConfig`, which the tensors must then fit.
     """
     from minisam.modeling.sam import Sam
+    hf_config = None
     if isinstance(checkpoint, Mapping):
         sd, source = dict(checkpoint), "state dict"
     else:
         source = os.fspath(checkpoint)
-        sd = load_state_dict(source)
+        if os.path.isdir(source):  # a Hugging Face save_pretrained directory
+            sd, hf_config = read_pretrained_dir(source)
+        else:
+            sd = load_state_dict(source)
     if is_hf_layout(sd):
         sd = hf_to_official(sd)
     if isinstance(config, SamConfig):
         cfg = config
+    elif hf_config is not None:
+        cfg = config_from_hf(sd, hf_config, source)  # every field checked against the tensors
+        if config:
+            cfg = cfg.replace(**make_overrides(config))
     else:
         make_overrides(config or {})  # an unknown field is the caller's mistake: ConfigError, not the file's
         try:

@@ -41,6 +41,12 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    # LayerNorm eps where a checkpoint's config may set it (docs/numerics.md section 3); the
+    # defaults are the official values. A Hugging Face config.json states its own (its mask
+    # decoder's blocks use 1e-6 where the official TwoWayTransformer uses nn.LayerNorm's 1e-5).
+    encoder_norm_eps: float = 1e-6      # image encoder blocks' norm1, norm2
+    decoder_norm_eps: float = 1e-5      # two-way transformer blocks' norm1..norm4
+    mask_embed_norm_eps: float = 1e-6   # prompt encoder mask_downscaling's two LayerNorm2d
     # Sam
     pixel_mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: Tuple[float, float, float] = (58.395, 57.12, 57.375)

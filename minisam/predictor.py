@@ -55,6 +55,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from minisam.errors import ImageError, MinisamError, PromptError, PromptWarning  # noqa: F401 (PromptWarning re-exported)
+from minisam.utils.tensors import first_tensor, like, to_numpy
 
 EMBEDDING_FORMAT_VERSION = 1
 
@@ -249,7 +250,7 @@ class SamPredictor:
                                   f"prediction, its third output), got {list(m.shape)}{full}")
             _check_mask_input(m, mask_input)
             masks = _fits_f32("mask_input", m)[None]  # [1, 1, R, R]
-        out_masks, iou, low_res = self.predict_torch(coords, labels, boxes, masks, multimask_output,
+        out_masks, iou, low_res = self._predict_model_frame(coords, labels, boxes, masks, multimask_output,
                                                             return_logits, trace)
         return out_masks[0], iou[0], low_res[0]
 
@@ -260,14 +261,46 @@ class SamPredictor:
         point_coords [N, Np, 2], point_labels [N, Np], boxes [N, 4], mask_input [N, 1, R, R]
         -> (masks [N, K', H, W], iou [N, K'], low_res [N, K', R, R]).
         """
+        pts, labs, b, m = self._check_batch(point_coords, point_labels, boxes, mask_input)
+        coords = None if pts is None else self._scale_f32(pts, "point_coords")  # [N, Np, 2] model frame
+        bxs = None if b is None else self._scale_f32(b.reshape(-1, 2, 2), "boxes").reshape(-1, 4)  # [N, 4]
+        return self._predict_model_frame(coords, labs, bxs, m, multimask_output, return_logits, trace)
+
+    def predict_torch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                      multimask_output: bool = True, return_logits: bool = False, trace: Optional[dict] = None):
+        """``predict_torch``: B prompts already in the model input frame (after ``apply_coords_torch`` /
+        ``apply_boxes_torch``): point_coords [N, Np, 2], point_labels [N, Np], boxes [N, 4],
+        mask_input [N, 1, R, R] -> (masks [N, K', H, W], iou [N, K'], low_res [N, K', R, R]).
+
+        The prompts may be ndarrays or torch tensors; with a tensor among them the outputs are
+        tensors on its device (:mod:`minisam.utils.tensors`), with the same bits as the ndarrays.
+        Coordinates are used in float32, as the official prompt encoder uses them.
+        """
+        tensor = first_tensor([point_coords, point_labels, boxes, mask_input])
+        pts, labs, b, m = self._check_batch(*(to_numpy(v) for v in (point_coords, point_labels, boxes, mask_input)))
+        coords = None if pts is None else _fits_f32("point_coords", pts)  # [N, Np, 2]
+        bxs = None if b is None else _fits_f32("boxes", b)  # [N, 4]
+        out = self._predict_model_frame(coords, labs, bxs, m, multimask_output, return_logits, trace)
+        return tuple(like(tensor, o) for o in out)
+
+    def set_torch_image(self, transformed_image, original_image_size: Tuple[int, int],
+                        trace: Optional[dict] = None) -> None:
+        """``set_torch_image``: :meth:`set_preprocessed_image` for a [1, 3, h, w] tensor or ndarray
+        (``torch.as_tensor(predictor.transform.apply_image(image)).permute(2, 0, 1)[None]``)."""
+        self.set_preprocessed_image(to_numpy(transformed_image), original_image_size, trace=trace)
+
+    # ----------------------------------------------------------------- internals
+
+    def _check_batch(self, point_coords, point_labels, boxes, mask_input):
+        """Batched prompts checked: (coords [N, Np, 2] float64, labels [N, Np] int32, boxes [N, 4]
+        float64, mask_input [N, 1, R, R] float32), each None when not given."""
         if not self.is_image_set:
             raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
         M = self.model.config.mask_input_size
-        coords = labels = bxs = masks = None
+        pts = labels = b = masks = None
         sizes = {}
         if point_coords is not None or point_labels is not None:
             pts, labs = self._check_points(point_coords, point_labels, batched=True)
-            coords = self._scale_f32(pts, "point_coords")  # [N, Np, 2] float32, model input frame
             labels = labs.astype(np.int32)  # [N, Np]
             sizes["point_coords"] = pts.shape[0]
         if boxes is not None:
@@ -275,7 +308,6 @@ class SamPredictor:
             if b.ndim != 2 or b.shape[1] != 4:
                 raise PromptError(f"boxes must have shape [B, 4] (x0, y0, x1, y1), got {list(b.shape)}")
             _warn_inverted(b)
-            bxs = self._scale_f32(b.reshape(-1, 2, 2), "boxes").reshape(-1, 4)  # [N, 4]
             sizes["boxes"] = b.shape[0]
         if mask_input is not None:
             m = _as_float("mask_input", mask_input, f"[B, 1, {M}, {M}]")
@@ -284,13 +316,11 @@ class SamPredictor:
                                   f"prediction), got {list(m.shape)}")
             masks = _fits_f32("mask_input", m)  # [N, 1, R, R]
             sizes["mask_input"] = m.shape[0]
+            if masks.size:
+                _check_mask_input(m, mask_input)
         if len(set(sizes.values())) > 1:
             raise PromptError(f"prompt batch sizes differ: {sizes}")
-        if masks is not None and masks.size:
-            _check_mask_input(m, mask_input)
-        return self.predict_torch(coords, labels, bxs, masks, multimask_output, return_logits, trace)
-
-    # ----------------------------------------------------------------- internals
+        return pts, labels, b, masks
 
     def _check_points(self, point_coords, point_labels, batched: bool):
         want = "[B, N, 2]" if batched else "[N, 2]"
@@ -322,13 +352,8 @@ class SamPredictor:
         return pts, labs
 
     def _scale_f32(self, coords, name="coordinates"):  # [..., 2] original pixels -> [..., 2] f32 model frame
-        """``apply_coords_torch``: float32 arithmetic, x * (w/W), y * (h/H)."""
-        H, W = self.original_size
-        h, w = self.transform.get_preprocess_shape(H, W, self.model.config.img_size)
-        out = _fits_f32(name, coords)  # [..., 2]
-        with np.errstate(over="ignore"):
-            out[..., 0] = out[..., 0] * np.float32(w / W)
-            out[..., 1] = out[..., 1] * np.float32(h / H)
+        """``apply_coords_torch`` (float32 arithmetic, x * (w/W), y * (h/H)), refusing overflow."""
+        out = self.transform.apply_coords_torch(_fits_f32(name, coords), self.original_size)  # [..., 2]
         if not np.all(np.isfinite(out)):
             raise PromptError(f"{name} are too large for float32 once scaled to the model input")
         return out
@@ -369,10 +394,10 @@ class SamPredictor:
         return model.mask_decoder.decode(self.decoder_state(), sparse, None if mask_input is None else dense,
                                          multimask_output, trace=trace)  # [N, K', R, R], [N, K']
 
-    def predict_torch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      multimask_output: bool = True, return_logits: bool = False, trace: Optional[dict] = None):
-        """``predict_torch``: prompts already in the model input frame (after ``apply_coords_torch`` /
-        ``apply_boxes_torch``) -> (masks [N, K', H, W], iou [N, K'], low_res [N, K', R, R])."""
+    def _predict_model_frame(self, point_coords, point_labels, boxes, mask_input, multimask_output: bool,
+                             return_logits: bool, trace: Optional[dict]):
+        """Checked float32 prompts in the model input frame -> (masks [N, K', H, W], iou [N, K'],
+        low_res [N, K', R, R]): :meth:`predict`, :meth:`predict_batch` and :meth:`predict_torch` end here."""
         low_res, iou = self.predict_low_res(point_coords, point_labels, boxes, mask_input, multimask_output,
                                             trace)  # [N, K', R, R], [N, K']
         threshold = None if return_logits else self.model.mask_threshold  # bool masks: fused into the resize

@@ -143,7 +143,7 @@ def _chunked_attention(q, k, v, rel_h, rel_w, hw):
 
 # --------------------------------------------------------------------------- blocks
 
-def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, name=""):
+def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, name="", eps=ENCODER_LN_EPS):
     """One transformer block (image_encoder.py L119-182), updating the residual stream in place.
 
     x [B, G, G, D] residual stream (modified in place), x_norm1 = norm1(x) [B, G, G, D].
@@ -158,7 +158,7 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
         a = window_unpartition(a, window_size, pad_hw, (H, W))             # [B, G, G, D]
     else:
         a = attention(p["attn"], x_norm1, num_heads, trace, name + ".attn")  # [B, G, G, D]
-    x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], ENCODER_LN_EPS)  # x += a; [B, G, G, D]
+    x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], eps)  # x += a; [B, G, G, D]
     _put(trace, name + ".norm2", x_norm2)
     mlp = p["mlp"]
     hidden = linear(x_norm2, mlp["lin1"]["weight"])                        # [B, G, G, 4D] no bias yet
@@ -175,7 +175,7 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
         x += y + mlp["lin2"]["bias"]                                       # [B, G, G, D]
         x_next = None
     else:
-        x_next = add_layer_norm(x, y, next_norm1["weight"], next_norm1["bias"], ENCODER_LN_EPS,
+        x_next = add_layer_norm(x, y, next_norm1["weight"], next_norm1["bias"], eps,
                                 delta_bias=mlp["lin2"]["bias"])            # x += y + b; LN
     _put(trace, name, x)
     return x, x_next
@@ -232,11 +232,12 @@ def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None) -> np.ndar
     tokens += p["pos_embed"]                                               # [B, G, G, D] absolute positions
     blocks = p["blocks"]
     depth = cfg.encoder_depth
-    x_norm1 = layer_norm(tokens, blocks[0]["norm1"]["weight"], blocks[0]["norm1"]["bias"], ENCODER_LN_EPS)
+    eps = cfg.encoder_norm_eps
+    x_norm1 = layer_norm(tokens, blocks[0]["norm1"]["weight"], blocks[0]["norm1"]["bias"], eps)
     for i in range(depth):
         next_norm1 = blocks[i + 1]["norm1"] if i + 1 < depth else None
         tokens, x_norm1 = block(blocks[i], tokens, x_norm1, cfg.encoder_num_heads,
-                                cfg.block_window_size(i), next_norm1, trace, f"{e}.blocks.{i}")
+                                cfg.block_window_size(i), next_norm1, trace, f"{e}.blocks.{i}", eps)
     out = neck(p["neck"], tokens, trace, e + ".neck")                      # [B, C, G, G]
     _put(trace, e, out)
     return out

@@ -69,8 +69,8 @@ def linear(x, p):  # [..., in], {"weight": [out, in], "bias": [out]} -> [..., ou
     return y.reshape(x.shape[:-1] + (y.shape[-1],))  # [..., out]
 
 
-def _ln(x, p):  # [..., C] -> [..., C]
-    return layer_norm(x, p["weight"], p["bias"], DECODER_LN_EPS)
+def _ln(x, p, eps=DECODER_LN_EPS):  # [..., C] -> [..., C]
+    return layer_norm(x, p["weight"], p["bias"], eps)
 
 
 def image_state(p, cfg, image_embeddings, image_pe, dense) -> DecoderImageState:
@@ -136,7 +136,7 @@ def mlp_block(p, x, trace=None, name: str = ""):  # [N, Tt, C] -> [N, Tt, C]
 
 
 def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first_layer_pe: bool,
-                  trace=None, name: str = "", state: Optional[DecoderImageState] = None):
+                  trace=None, name: str = "", norm_eps: float = DECODER_LN_EPS, state: Optional[DecoderImageState] = None):
     """``TwoWayAttentionBlock.forward``.
 
     queries [N, Tt, C], keys [N or 1, GG, C], query_pe [N, Tt, C], key_pe [1, GG, C]
@@ -151,7 +151,7 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
         q = queries + query_pe  # [N, Tt, C]
         queries = queries + attention(p["self_attn"], q, q, queries, num_heads, n, trace,
                                       name + ".self_attn")  # [N, Tt, C]
-    queries = _ln(queries, p["norm1"])  # [N, Tt, C]
+    queries = _ln(queries, p["norm1"], norm_eps)  # [N, Tt, C]
     _observe(trace, name + ".norm1", queries, n)
 
     # 2. Tokens read the image: q = tokens + PE, k = image + PE, v = image (no PE).
@@ -161,12 +161,12 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
                                   name + ".cross_attn_token_to_image",
                                   k_proj=None if state is None else state.t2i_k,
                                   v_proj=None if state is None else state.t2i_v)  # [N, Tt, C]
-    queries = _ln(queries, p["norm2"])  # [N, Tt, C]
+    queries = _ln(queries, p["norm2"], norm_eps)  # [N, Tt, C]
     _observe(trace, name + ".norm2", queries, n)
 
     # 3. MLP on the tokens.
     queries = queries + mlp_block(p["mlp"], queries, trace, name + ".mlp")  # [N, Tt, C]
-    queries = _ln(queries, p["norm3"])  # [N, Tt, C]
+    queries = _ln(queries, p["norm3"], norm_eps)  # [N, Tt, C]
     _observe(trace, name + ".norm3", queries, n)
 
     # 4. The image reads the tokens (q = image + PE, k = tokens + PE, v = tokens); the keys did
@@ -175,7 +175,7 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
     keys = keys + attention(p["cross_attn_image_to_token"], k_img, q, queries, num_heads, n, trace,
                             name + ".cross_attn_image_to_token",
                             q_proj=None if state is None else state.i2t_q)  # [N, GG, C]
-    keys = _ln(keys, p["norm4"])  # [N, GG, C]
+    keys = _ln(keys, p["norm4"], norm_eps)  # [N, GG, C]
     if trace is not None:
         trace[name + ".norm4"] = keys
         trace[name] = (queries, keys)
@@ -193,7 +193,7 @@ def two_way_transformer(p, cfg, keys, key_pe, point_embedding, trace=None,
     queries = point_embedding  # [N, Tt, C]
     for i in range(cfg.decoder_depth):
         queries, keys = two_way_block(p["layers"][i], queries, keys, point_embedding, key_pe,
-                                      cfg.decoder_num_heads, skip_first_layer_pe=(i == 0), trace=trace,
+                                      cfg.decoder_num_heads, skip_first_layer_pe=(i == 0), norm_eps=cfg.decoder_norm_eps, trace=trace,
                                       name=f"{name}.layers.{i}",
                                       state=state if i == 0 else None)  # [N, Tt, C], [N, GG, C]
     # Final tokens -> image attention, again with both PEs re-added.

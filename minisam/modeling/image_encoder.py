@@ -166,12 +166,12 @@ def attention(p, x, num_heads, trace=None, name=""):  # [B', h, w, D] -> [B', h,
 
 # --------------------------------------------------------------------------- blocks
 
-def block(p, x, num_heads, window_size, trace=None, name=""):  # [B, G, G, D] -> [B, G, G, D]
+def block(p, x, num_heads, window_size, trace=None, name="", eps=ENCODER_LN_EPS):  # [B, G, G, D] -> [B, G, G, D]
     """``Block.forward`` (image_encoder.py L119-182): pre-norm attention (windowed, or global
     when window_size is 0) and an MLP, each with a residual connection."""
     B, G, _, D = x.shape
     shortcut = x  # [B, G, G, D]
-    x = layer_norm(x, eps=ENCODER_LN_EPS, **p["norm1"])  # [B, G, G, D]
+    x = layer_norm(x, eps=eps, **p["norm1"])  # [B, G, G, D]
     _record(trace, name + ".norm1", x)
     if window_size > 0:
         windows, pad_hw = window_partition(x, window_size)  # [B*nW, w, w, D]
@@ -180,7 +180,7 @@ def block(p, x, num_heads, window_size, trace=None, name=""):  # [B, G, G, D] ->
     else:
         x = attention(p["attn"], x, num_heads, trace, name + ".attn")  # [B, G, G, D]
     x = shortcut + x  # [B, G, G, D]
-    x_norm2 = layer_norm(x, eps=ENCODER_LN_EPS, **p["norm2"])  # [B, G, G, D]
+    x_norm2 = layer_norm(x, eps=eps, **p["norm2"])  # [B, G, G, D]
     _record(trace, name + ".norm2", x_norm2)
     hidden = linear(x_norm2, **p["mlp"]["lin1"])  # [B, G, G, F]
     _record(trace, name + ".mlp.lin1", hidden)
@@ -237,7 +237,7 @@ def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None, name: str 
     x = x + p["pos_embed"]  # [B, G, G, D] absolute positions, [1, G, G, D] learned
     for i in range(cfg.encoder_depth):
         x = block(p["blocks"][i], x, cfg.encoder_num_heads, cfg.block_window_size(i), trace,
-                  f"{name}.blocks.{i}")  # [B, G, G, D]
+                  f"{name}.blocks.{i}", cfg.encoder_norm_eps)  # [B, G, G, D]
     x = neck(p["neck"], x, trace, name + ".neck")  # [B, C, G, G]
     _record(trace, name, x)
     return x

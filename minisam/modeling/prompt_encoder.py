@@ -117,18 +117,18 @@ def conv1x1(x, weight, bias):  # [B, Ci, H, W], [Co, Ci, 1, 1], [Co] -> [B, Co, 
     return np.ascontiguousarray(out.reshape(B, H, W, Co).transpose(0, 3, 1, 2))  # [B, Co, H, W]
 
 
-def mask_downscaling(p, masks, trace: Optional[dict] = None):  # [B, 1, M, M] -> [B, C, G, G]
+def mask_downscaling(p, masks, trace: Optional[dict] = None, eps: float = LN2D_EPS):  # [B, 1, M, M] -> [B, C, G, G]
     """conv 2x2/2 -> LayerNorm2d -> GELU -> conv 2x2/2 -> LayerNorm2d -> GELU -> conv 1x1."""
     name = "prompt_encoder.mask_downscaling"
     x = conv2x2_s2(masks, p[0]["weight"], p[0]["bias"])  # [B, 1, M, M] -> [B, m/4, 2G, 2G]
     steps = [x]
-    x = layer_norm2d(x, p[1]["weight"], p[1]["bias"], LN2D_EPS)  # [B, m/4, 2G, 2G]
+    x = layer_norm2d(x, p[1]["weight"], p[1]["bias"], eps)  # [B, m/4, 2G, 2G]
     steps.append(x)
     x = gelu(x)  # [B, m/4, 2G, 2G]
     steps.append(x)
     x = conv2x2_s2(x, p[3]["weight"], p[3]["bias"])  # [B, m/4, 2G, 2G] -> [B, m, G, G]
     steps.append(x)
-    x = layer_norm2d(x, p[4]["weight"], p[4]["bias"], LN2D_EPS)  # [B, m, G, G]
+    x = layer_norm2d(x, p[4]["weight"], p[4]["bias"], eps)  # [B, m, G, G]
     steps.append(x)
     x = gelu(x)  # [B, m, G, G]
     steps.append(x)
@@ -166,7 +166,8 @@ def prompt_encoder(p, cfg, points: Optional[Tuple[np.ndarray, np.ndarray]] = Non
         sparse.append(embed_boxes(p, cfg, boxes))  # [B, 2, C]
     sparse = np.concatenate(sparse, axis=1).astype(np.float32, copy=False)  # [B, Ns, C]
     if masks is not None:
-        dense = mask_downscaling(p["mask_downscaling"], masks.astype(np.float32, copy=False), trace)  # [B, C, G, G]
+        dense = mask_downscaling(p["mask_downscaling"], masks.astype(np.float32, copy=False), trace,
+                                 cfg.mask_embed_norm_eps)  # [B, C, G, G]
     else:
         # A read-only broadcast view: the decoder adds it to the image embedding anyway.
         dense = np.broadcast_to(p["no_mask_embed"]["weight"].reshape(1, C, 1, 1), (bs, C, G, G))  # [B, C, G, G]

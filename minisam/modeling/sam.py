@@ -32,6 +32,7 @@ from minisam.kernels.resize import postprocess_masks
 from minisam.modeling import image_encoder as image_encoder_readable
 from minisam.modeling import mask_decoder as mask_decoder_readable
 from minisam.modeling import prompt_encoder as prompt_encoder_readable
+from minisam.utils.tensors import first_tensor, like, to_numpy
 from minisam.utils.transforms import preprocess
 
 
@@ -261,11 +262,17 @@ class Sam:
         Each output dict: ``masks`` [N, K', H, W] bool, ``iou_predictions`` [N, K'],
         ``low_res_logits`` [N, K', R, R].
 
+        The values may be ndarrays or torch tensors (as the official notebooks build them); with a
+        tensor among them the outputs are tensors on its device, with the same bits as for the
+        ndarrays (:mod:`minisam.utils.tensors`).
+
         ``trace`` gets the official hook keys; a module called again (the decoder of the second
         image) gets ``key#1``, ``key#2``, ... as ``minisam.reference.official.record`` names it.
         """
         if not batched_input:
             raise PromptError("batched_input is empty: give at least one image record")
+        tensor = first_tensor(v for rec in batched_input for v in rec.values())
+        batched_input = [{k: to_numpy(v) for k, v in rec.items()} for rec in batched_input]
         images = []
         for i, rec in enumerate(batched_input):
             if "image" not in rec or "original_size" not in rec:
@@ -290,7 +297,8 @@ class Sam:
                                              multimask_output, trace=local)  # [N, K', R, R], [N, K']
             masks = self.postprocess_masks(low_res, rec["image"].shape[-2:], rec["original_size"],
                                            self.mask_threshold)  # [N, K', H, W] bool
-            outputs.append({"masks": masks, "iou_predictions": iou, "low_res_logits": low_res})
+            outputs.append({"masks": like(tensor, masks), "iou_predictions": like(tensor, iou),
+                            "low_res_logits": like(tensor, low_res)})
             if trace is not None:
                 for k, v in local.items():  # the n-th call of a module is "key#n", as record() names it
                     n = calls.get(k, 0)

@@ -64,12 +64,12 @@ def attention(p, q, k, v, num_heads: int, trace=None, name: str = ""):
     return out
 
 
-def _ln(x, p):  # [..., C] -> [..., C]
-    return layer_norm(x, p["weight"], p["bias"], DECODER_LN_EPS)
+def _ln(x, p, eps=DECODER_LN_EPS):  # [..., C] -> [..., C]
+    return layer_norm(x, p["weight"], p["bias"], eps)
 
 
 def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first_layer_pe: bool,
-                  trace=None, name: str = ""):
+                  trace=None, name: str = "", norm_eps: float = DECODER_LN_EPS):
     """``TwoWayAttentionBlock.forward``.
 
     queries [N, Tt, C], keys [N, GG, C], query_pe [N, Tt, C], key_pe [N, GG, C]
@@ -83,7 +83,7 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
         q = queries + query_pe  # [N, Tt, C]
         attn_out = attention(p["self_attn"], q, q, queries, num_heads, trace, name + ".self_attn")  # [N, Tt, C]
         queries = queries + attn_out  # [N, Tt, C]
-    queries = norm1 = _ln(queries, p["norm1"])  # [N, Tt, C]
+    queries = norm1 = _ln(queries, p["norm1"], norm_eps)  # [N, Tt, C]
 
     # 2. Tokens read the image: q = tokens + PE, k = image + PE, v = image (no PE).
     q = queries + query_pe  # [N, Tt, C]
@@ -91,14 +91,14 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
     attn_out = attention(p["cross_attn_token_to_image"], q, k, keys, num_heads, trace,
                          name + ".cross_attn_token_to_image")  # [N, Tt, C]
     queries = queries + attn_out  # [N, Tt, C]
-    queries = norm2 = _ln(queries, p["norm2"])  # [N, Tt, C]
+    queries = norm2 = _ln(queries, p["norm2"], norm_eps)  # [N, Tt, C]
 
     # 3. MLP on the tokens (ReLU, not GELU).
     hidden = linear(queries, **p["mlp"]["lin1"])  # [N, Tt, C] -> [N, Tt, Dm]
     act = relu(hidden)  # [N, Tt, Dm]
     mlp_out = linear(act, **p["mlp"]["lin2"])  # [N, Tt, Dm] -> [N, Tt, C]
     queries = queries + mlp_out  # [N, Tt, C]
-    queries = _ln(queries, p["norm3"])  # [N, Tt, C]
+    queries = _ln(queries, p["norm3"], norm_eps)  # [N, Tt, C]
 
     # 4. The image reads the tokens: the roles swap (q = image + PE, k = tokens + PE, v = tokens).
     q = queries + query_pe  # [N, Tt, C]
@@ -106,7 +106,7 @@ def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first
     attn_out = attention(p["cross_attn_image_to_token"], k, q, queries, num_heads, trace,
                          name + ".cross_attn_image_to_token")  # [N, GG, C]
     keys = keys + attn_out  # [N, GG, C]
-    keys = _ln(keys, p["norm4"])  # [N, GG, C]
+    keys = _ln(keys, p["norm4"], norm_eps)  # [N, GG, C]
     if trace is not None:
         trace[name + ".norm1"], trace[name + ".norm2"] = norm1, norm2
         trace[name + ".mlp.lin1"], trace[name + ".mlp.act"], trace[name + ".mlp.lin2"] = hidden, act, mlp_out
@@ -129,7 +129,7 @@ def two_way_transformer(p, cfg, image_embedding, image_pe, point_embedding,
     queries = point_embedding  # [N, Tt, C]
     for i in range(cfg.decoder_depth):
         queries, keys = two_way_block(p["layers"][i], queries, keys, point_embedding, key_pe,
-                                      cfg.decoder_num_heads, skip_first_layer_pe=(i == 0),
+                                      cfg.decoder_num_heads, skip_first_layer_pe=(i == 0), norm_eps=cfg.decoder_norm_eps,
                                       trace=trace, name=f"{name}.layers.{i}")  # [N, Tt, C], [N, GG, C]
     # Final tokens -> image attention, again with both PEs re-added.
     q = queries + point_embedding  # [N, Tt, C]

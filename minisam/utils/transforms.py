@@ -24,6 +24,7 @@ from PIL import Image
 
 from minisam.config import SamConfig
 from minisam.errors import ImageError
+from minisam.utils.tensors import first_tensor, like, to_numpy
 
 
 class ResizeLongestSide:
@@ -62,6 +63,27 @@ class ResizeLongestSide:
     def apply_boxes(self, boxes: np.ndarray, original_size: Tuple[int, ...]) -> np.ndarray:
         """[N, 4] (x0, y0, x1, y1) -> float64 [N, 4] in the resized image."""
         return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_coords_torch(self, coords, original_size: Tuple[int, ...]):
+        """[..., 2] (x, y) -> float32 [..., 2] in the resized image, in float32 arithmetic as the
+        official tensor method computes it (the scale factor is rounded to float32 first).
+
+        Takes an ndarray or a torch tensor and returns the same kind (:mod:`minisam.utils.tensors`).
+        """
+        tensor = first_tensor([coords])
+        old_h, old_w = original_size
+        new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
+        out = np.array(to_numpy(coords), dtype=np.float32)                      # [..., 2] float32 copy
+        with np.errstate(over="ignore"):
+            out[..., 0] = out[..., 0] * np.float32(new_w / old_w)
+            out[..., 1] = out[..., 1] * np.float32(new_h / old_h)
+        return like(tensor, out)
+
+    def apply_boxes_torch(self, boxes, original_size: Tuple[int, ...]):
+        """[N, 4] (x0, y0, x1, y1) -> float32 [N, 4], as :meth:`apply_coords_torch` (ndarray or tensor)."""
+        tensor = first_tensor([boxes])
+        b = np.asarray(to_numpy(boxes)).reshape(-1, 2, 2)                       # [N, 2, 2]
+        return like(tensor, self.apply_coords_torch(b, original_size).reshape(-1, 4))
 
 
 def preprocess(x: np.ndarray, cfg: SamConfig) -> np.ndarray:

@@ -12,7 +12,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 from minisam.errors import (CheckpointError, ConfigError, DownloadError, ImageError,  # noqa: F401
-                     MinisamError, MinisamWarning, PromptError, PromptWarning)
+                     MinisamError, MinisamWarning, NotSupportedError, PromptError, PromptWarning)
 
 # Imported now, as the official __init__ does: ``minisam.build_sam`` is then the function, not
 # the module of the same name (which pulls in no Numba).
@@ -33,7 +33,7 @@ _LAZY = {
 
 __all__ = sorted(list(_LAZY) + ["build_sam", "build_sam_vit_b", "build_sam_vit_h", "build_sam_vit_l",
                                 "sam_model_registry", "CheckpointError", "ConfigError", "DownloadError", "ImageError",
-                                "MinisamError", "MinisamWarning", "PromptError", "PromptWarning", "__version__"])
+                                "MinisamError", "MinisamWarning", "NotSupportedError", "PromptError", "PromptWarning", "__version__"])
 
 
 def __getattr__(name):

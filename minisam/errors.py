@@ -30,6 +30,10 @@ class DownloadError(MinisamError, OSError):
     """A weights download that failed: HTTP error, broken connection or checksum mismatch."""
 
 
+class NotSupportedError(MinisamError, NotImplementedError):
+    """An official API that minisam does not provide (the README's drop-in section lists them)."""
+
+
 class MinisamWarning(UserWarning):
     """Base class of minisam's warnings: input used as given that is probably a mistake."""
 

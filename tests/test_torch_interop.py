@@ -150,3 +150,10 @@ def test_import_and_predict_without_torch(tiny_checkpoints):
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["ndarray", "(1,", "3,", "40,", "30)", "ndarray", "False"]
+
+
+def test_apply_image_torch_is_refused_by_name():
+    from minisam import NotSupportedError
+    with pytest.raises(NotSupportedError, match="apply_image_torch .* use|apply_image_torch"):
+        ResizeLongestSide(64).apply_image_torch(torch.zeros(1, 3, 10, 10))
+    assert issubclass(NotSupportedError, NotImplementedError)

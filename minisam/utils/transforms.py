@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from minisam.config import SamConfig
-from minisam.errors import ImageError
+from minisam.errors import ImageError, NotSupportedError
 from minisam.utils.tensors import first_tensor, like, to_numpy
 
 
@@ -63,6 +63,14 @@ class ResizeLongestSide:
     def apply_boxes(self, boxes: np.ndarray, original_size: Tuple[int, ...]) -> np.ndarray:
         """[N, 4] (x0, y0, x1, y1) -> float64 [N, 4] in the resized image."""
         return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_image_torch(self, image):
+        """Not provided: the official method resizes a float [B, 3, H, W] tensor with torch's
+        antialiased ``F.interpolate``, a different resampler from the Pillow one of
+        :meth:`apply_image` that minisam's pipeline (and the official predictor) uses."""
+        raise NotSupportedError("ResizeLongestSide.apply_image_torch (torch's antialiased interpolate) is not "
+                                "provided by minisam; resize with apply_image on the HxWx3 uint8 image, as "
+                                "SamPredictor.set_image does")
 
     def apply_coords_torch(self, coords, original_size: Tuple[int, ...]):
         """[..., 2] (x, y) -> float32 [..., 2] in the resized image, in float32 arithmetic as the

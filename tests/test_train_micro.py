@@ -115,3 +115,44 @@ def test_lowres_ceiling_equals_torch_area_then_bilinear():
         want = (up & m).sum() / max((up | m).sum(), 1)
         assert lowres_ceiling_iou(m, 64) == pytest.approx(want, abs=1e-12)
     assert lowres_ceiling_iou(np.ones((128, 128), bool), 64) == 1.0
+
+
+def test_resumed_runs_equal_one_run(tmp_path):
+    """A schedule cut into one-step runs (max_minutes=0 stops after each step) and resumed from
+    train_state.pth ends with the same weights, bit for bit, and the same losses as one
+    uninterrupted run: weights, AdamW moments, schedule position and both RNG streams carry over."""
+    from minisam.training.micro import train
+    cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
+    kw = dict(steps=4, single_round_steps=2, batch_images=1, masks_per_image=2, val_every=4, threads=1,
+              progress=False, config=cfg, log=lambda *a: None, warmup=2)
+    whole = train(out_dir=str(tmp_path / "whole"), **kw)
+    part = train(out_dir=str(tmp_path / "parts"), max_minutes=0, save_every=1, **kw)
+    assert not part["finished"] and len(part["history"]) == 1
+    while not part["finished"]:
+        part = train(out_dir=str(tmp_path / "parts"), resume=True, max_minutes=0, save_every=1,
+                     **{k: v for k, v in kw.items() if k not in ("steps",)})
+    assert [r["run"] for r in part["runs"]] == [1, 2, 3, 4]
+    assert [(r["start_step"], r["end_step"]) for r in part["runs"]] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert [h["loss"] for h in part["history"]] == [h["loss"] for h in whole["history"]]
+    a = torch.load(whole["checkpoint"], weights_only=True)
+    b = torch.load(part["checkpoint"], weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = json.loads((tmp_path / "parts" / "train_log.json").read_text())
+    assert len(log["runs"]) == 4 and log["total_seconds"] == sum(r["seconds"] for r in log["runs"])
+
+
+def test_train_micro_cli_resume(tmp_path):
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "minisam", "train-micro", "--single-round-steps", "1", "--batch-images", "1",
+            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress"]
+    res = subprocess.run(base + ["--steps", "2", "--out", str(out), "--max-minutes", "0", "--save-every", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "unfinished" in res.stdout and not (out / "microsam_shapes.pth").exists()
+    res = subprocess.run(base + ["--resume", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    log = json.loads((out / "train_log.json").read_text())
+    assert [r["end_step"] for r in log["runs"]] == [1, 2] and len(log["history"]) == 2
+    missing = subprocess.run(base + ["--resume", str(tmp_path / "nothing")], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode != 0 and "no training state to resume" in missing.stderr

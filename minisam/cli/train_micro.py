@@ -15,7 +15,14 @@ def add_parser(sub):
     p.add_argument("--single-round-steps", type=int, default=R["single_round_steps"],
                    help="curriculum: the first N steps supervise the initial prompt only (a point and a box "
                         f"per target); the rest run all 11 interactive rounds (default {R['single_round_steps']})")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder (required unless --resume)")
+    p.add_argument("--resume", metavar="CKPT_DIR",
+                   help="continue the run saved in CKPT_DIR (its train_state.pth: weights, optimizer moments, "
+                        "step, RNG streams, recipe and log); the recipe options are then taken from the state")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="end this run after about this many minutes, saving its state for --resume")
+    p.add_argument("--save-every", type=int, default=200,
+                   help="write the resumable state every N steps (default 200): a killed run loses at most these")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-images", type=int, default=R["batch_images"])
     p.add_argument("--masks-per-image", type=int, default=R["masks_per_image"])
@@ -37,6 +44,12 @@ def run(args) -> int:
     import os
 
     from minisam.errors import MinisamError
+    if not args.out and not args.resume:
+        raise MinisamError("train-micro needs --out DIR (a new run) or --resume DIR (continue one)")
+    if args.out and args.resume and os.path.abspath(args.out) != os.path.abspath(args.resume):
+        raise MinisamError("--resume continues the run in its own folder; drop --out or give the same folder")
+    if args.save_every < 1:
+        raise MinisamError("--save-every must be at least 1")
     if args.steps < 1:
         raise MinisamError("--steps must be at least 1")
     if args.single_round_steps < 0:
@@ -48,16 +61,21 @@ def run(args) -> int:
         raise MinisamError(f"train-micro needs torch and segment-anything ({exc}); "
                            "install them with: pip install -e \".[train]\"") from None
     from minisam.training.micro import train
-    result = train(args.steps, args.out, seed=args.seed, batch_images=args.batch_images,
+    out = args.resume or args.out
+    result = train(args.steps, out, seed=args.seed, batch_images=args.batch_images,
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
                    val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps,
-                   iou_outputs=args.iou_outputs, progress=not args.no_progress)
+                   iou_outputs=args.iou_outputs, progress=not args.no_progress, resume=bool(args.resume),
+                   max_minutes=args.max_minutes, save_every=args.save_every)
+    if not result["finished"]:
+        print(f"unfinished: state saved in {out}; continue with: minisam train-micro --resume {out}")
+        return 0
     print(f"checkpoint: {result['checkpoint']}")
     if args.evaluate:
         from minisam.build_sam import build_sam
         from minisam.training.micro import evaluate
         metrics = evaluate(build_sam(result["checkpoint"]), n_scenes=args.evaluate)
-        with open(os.path.join(args.out, "eval.json"), "w") as f:
+        with open(os.path.join(out, "eval.json"), "w") as f:
             json.dump(metrics, f, indent=1)
         print(json.dumps(metrics))
     return 0

@@ -200,6 +200,35 @@ def _val_torch(model, scenes, size):
     return float(np.mean(ious_pt)), float(np.mean(ious_box))
 
 
+STATE_NAME = "train_state.pth"   # the resumable state of a run, in out_dir
+RECIPE_KEYS = ("steps", "seed", "batch_images", "masks_per_image", "lr", "weight_decay", "warmup", "val_every",
+               "graded_rounds", "clip_grad", "single_round_steps", "iou_outputs")
+
+
+def _save_state(out_dir, model, opt, step, rng, recipe, cfg, history, runs):
+    """Everything a resumed run needs, written atomically (temp file + rename): a run killed
+    while writing keeps the previous state."""
+    import torch
+    path = os.path.join(out_dir, STATE_NAME)
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "recipe": recipe, "config": cfg.to_dict(), "history": history, "runs": runs}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(out_dir):
+    import torch
+    from minisam.errors import MinisamError
+    path = os.path.join(out_dir, STATE_NAME)
+    if not os.path.isfile(path):
+        raise MinisamError(f"{path}: no training state to resume (a run writes it every save_every steps)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a damaged file: say which one
+        raise MinisamError(f"{path}: cannot read the training state ({type(exc).__name__}: {exc})") from None
+
+
 def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", seed: int = TRAIN_SEED,
           batch_images: int = SHIPPED_RECIPE["batch_images"], masks_per_image: int = SHIPPED_RECIPE["masks_per_image"],
           lr: float = SHIPPED_RECIPE["lr"], weight_decay: float = SHIPPED_RECIPE["weight_decay"],
@@ -207,7 +236,8 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
           graded_rounds: int = SHIPPED_RECIPE["graded_rounds"], clip_grad: Optional[float] = SHIPPED_RECIPE["clip_grad"],
           single_round_steps: int = SHIPPED_RECIPE["single_round_steps"],
           iou_outputs: str = SHIPPED_RECIPE["iou_outputs"], config=None, on_step=None,
-          threads: Optional[int] = None, progress: bool = True, log=print) -> Dict:
+          threads: Optional[int] = None, progress: bool = True, log=print, resume: bool = False,
+          max_minutes: Optional[float] = None, save_every: int = 200) -> Dict:
     """Train :data:`minisam.config.MICRO` for ``steps`` steps; write ``microsam_shapes.pth`` and a
     log to ``out_dir``. The defaults are :data:`SHIPPED_RECIPE`.
 
@@ -215,55 +245,88 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     target both a point and a box: two decoder passes on one encoder pass (2.3x the supervised
     prompts for 1.5x the time of one prompt, measured with 2 threads and 4 images). The rest
     run the full 11-round simulation from a point or a box. ``iou_outputs`` is passed to :func:`sam_loss_torch`.
+
+    Resumable: every ``save_every`` steps (and at each validation) the run writes
+    ``train_state.pth``: weights, AdamW moments, the step, both RNG streams, the recipe, the log
+    and the list of runs. ``max_minutes`` ends this run at the first step past that wall time,
+    after saving; ``resume=True`` continues from ``out_dir``'s state with its stored recipe (the
+    recipe arguments are then ignored), so several runs make one schedule, step for step the
+    same as one uninterrupted run. ``train_log.json`` lists the runs and their compute time.
+    Returns {"checkpoint": path or None while unfinished, "history", "runs", "finished"}.
     """
     import torch
     from tqdm import tqdm
+    from minisam.config import make_config
     from minisam.reference.official import build_official
 
     if threads:
         torch.set_num_threads(threads)
+    os.makedirs(out_dir, exist_ok=True)
+    state = _load_state(out_dir) if resume else None
+    if state is not None:
+        recipe = dict(state["recipe"])
+        cfg = make_config(**state["config"])
+    else:
+        cfg = config or MICRO
+        recipe = dict(steps=steps, seed=seed, batch_images=batch_images, masks_per_image=masks_per_image, lr=lr,
+                      weight_decay=weight_decay, val_every=val_every, graded_rounds=graded_rounds,
+                      clip_grad=clip_grad, single_round_steps=single_round_steps, iou_outputs=iou_outputs,
+                      warmup=warmup if warmup is not None else max(1, min(300, steps // 10)))
+    steps, seed, warmup = recipe["steps"], recipe["seed"], recipe["warmup"]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cfg = config or MICRO
     size = cfg.img_size
     model = build_official(cfg)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
-    warmup = warmup if warmup is not None else max(1, min(300, steps // 10))
-    val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size) for i in range(24)]
-    os.makedirs(out_dir, exist_ok=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"],
+                            betas=(0.9, 0.999))
     history: List[Dict] = []
+    runs: List[Dict] = []
+    first_step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history, runs, first_step = list(state["history"]), list(state["runs"]), int(state["step"])
+    model.train()
+    val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size) for i in range(24)]
+    run = {"run": len(runs) + 1, "start_step": first_step, "end_step": first_step, "seconds": 0.0,
+           "threads": torch.get_num_threads()}
+    runs.append(run)
     t0 = time.time()
-    bar = tqdm(range(steps), desc="train-micro", disable=not progress)
+    elapsed_before = sum(r["seconds"] for r in runs[:-1])
+    bar = tqdm(range(first_step, steps), desc="train-micro", disable=not progress, initial=first_step, total=steps)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr, warmup)
-        scenes = [make_scene(rng, size) for _ in range(batch_images)]
+            g["lr"] = _lr(step, steps, recipe["lr"], warmup)
+        scenes = [make_scene(rng, size) for _ in range(recipe["batch_images"])]
         images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()  # [B, 3, H, W]
         embeddings = model.image_encoder(model.preprocess(images))      # [B, C, G, G]
         owner, targets = [], []
         for b, s in enumerate(scenes):
-            pick = rng.choice(len(s.masks), size=min(masks_per_image, len(s.masks)), replace=False)
+            pick = rng.choice(len(s.masks), size=min(recipe["masks_per_image"], len(s.masks)), replace=False)
             owner += [b] * len(pick)
             targets += [s.masks[i] for i in pick]
         first = "box" if rng.random() < 0.5 else "point"
-        single = step < single_round_steps       # the curriculum's first phase: the initial prompt only
+        single = step < recipe["single_round_steps"]   # the curriculum's first phase: the initial prompt only
         if single:
             loss = 0.5 * sum(_interactive_rounds(model, embeddings[owner], np.stack(targets), rng, kind, size,
-                                                 graded_rounds, 1, iou_outputs) for kind in ("point", "box"))
+                                                 recipe["graded_rounds"], 1, recipe["iou_outputs"])
+                             for kind in ("point", "box"))
         else:
             loss = _interactive_rounds(model, embeddings[owner], np.stack(targets), rng, first, size,
-                                       graded_rounds, None, iou_outputs)
+                                       recipe["graded_rounds"], None, recipe["iou_outputs"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if recipe["clip_grad"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
         opt.step()
+        run["end_step"], run["seconds"] = step + 1, time.time() - t0
         rec = {"step": step + 1, "rounds": 1 if single else 11, "loss": float(loss.detach()),
-               "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0}
+               "lr": opt.param_groups[0]["lr"], "time_s": elapsed_before + run["seconds"], "run": run["run"]}
         if on_step is not None:
             on_step(step + 1, model)
-        if (step + 1) % val_every == 0 or step + 1 == steps:
+        if (step + 1) % recipe["val_every"] == 0 or step + 1 == steps:
             torch.save(model.state_dict(), os.path.join(out_dir, "last_checkpoint.pth"))
             model.eval()
             rec["val_point_iou"], rec["val_box_iou"] = _val_torch(model, val_scenes, size)
@@ -272,16 +335,22 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
                 f"box IoU {rec['val_box_iou']:.3f}  ({rec['time_s']:.0f} s)")
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        out_of_time = max_minutes is not None and run["seconds"] >= 60 * max_minutes
+        if (step + 1) % save_every == 0 or "val_point_iou" in rec or out_of_time:
+            _save_state(out_dir, model, opt, step + 1, rng, recipe, cfg, history, runs)
+        if out_of_time and step + 1 < steps:
+            log(f"stopping after step {step + 1} of {steps} ({run['seconds'] / 60:.1f} min); "
+                f"continue with --resume {out_dir}")
+            return {"checkpoint": None, "history": history, "runs": runs, "finished": False}
     model.eval()
     path = os.path.join(out_dir, "microsam_shapes.pth")
     torch.save(model.state_dict(), path)
+    _save_state(out_dir, model, opt, steps, rng, recipe, cfg, history, runs)
     with open(os.path.join(out_dir, "train_log.json"), "w") as f:
-        json.dump({"config": cfg.to_dict(), "steps": steps, "seed": seed, "batch_images": batch_images,
-                   "masks_per_image": masks_per_image, "lr": lr, "weight_decay": weight_decay,
-                   "warmup": warmup, "graded_rounds": graded_rounds, "single_round_steps": single_round_steps,
-                   "single_round_prompts": ["point", "box"], "iou_outputs": iou_outputs,
-                   "threads": torch.get_num_threads(), "history": history}, f)
-    return {"checkpoint": path, "history": history}
+        json.dump({"config": cfg.to_dict(), **recipe, "single_round_prompts": ["point", "box"],
+                   "threads": torch.get_num_threads(), "runs": runs,
+                   "total_seconds": sum(r["seconds"] for r in runs), "history": history}, f)
+    return {"checkpoint": path, "history": history, "runs": runs, "finished": True}
 
 
 SIZE_BINS = (0, 100, 300, 800)   # visible-area bins (pixels) of the model card's by-size table

@@ -7,8 +7,11 @@ Mirrors ``segment_anything/predictor.py`` (``SamPredictor``) on NumPy arrays:
 - ``predict`` takes prompts in *original image pixels*, maps them to the model input frame,
   runs the prompt encoder and the mask decoder (a few ms) and returns masks at the original
   size;
-- ``predict_batch`` is the official ``predict_torch`` after ``apply_coords_torch`` /
-  ``apply_boxes_torch`` (float32 coordinate scaling, as the torch path does): B prompts at once.
+- ``predict_torch`` and ``set_torch_image`` are the official methods, taking ndarrays or torch
+  tensors and returning the kind they were given (:mod:`minisam.utils.tensors`);
+- ``predict_batch`` (minisam) is ``predict_torch`` after ``apply_coords_torch`` /
+  ``apply_boxes_torch`` (float32 coordinate scaling, as the torch path does): B prompts at once,
+  in original image pixels.
 
 Additions: ``save_embedding`` / ``load_embedding`` (.npz) so that the slow encoder runs once
 per image and not once per session; every malformed prompt raises :class:`PromptError`, and

@@ -227,12 +227,10 @@ def config_from_hf(sd: Mapping[str, np.ndarray], config: Mapping[str, Any], dire
             f"{where['window_size']} = {cfg.window_size} do not match the tensors' relative-position tables "
             f"(they show global blocks {list(from_shapes.encoder_global_attn_indexes)} and window "
             f"{from_shapes.window_size})") from None
-    for field, name in (("decoder_num_heads", "mask_decoder_config.num_attention_heads"),):
-        heads = getattr(cfg, field)
-        width = cfg.prompt_embed_dim // cfg.attention_downsample_rate
-        if not isinstance(heads, int) or heads < 1 or cfg.prompt_embed_dim % heads or width % heads:
-            raise CheckpointError(f"{config_path}: {name} = {heads!r} does not divide the decoder width "
-                                  f"{cfg.prompt_embed_dim} (and {width})")
+    heads, width = cfg.decoder_num_heads, cfg.prompt_embed_dim // cfg.attention_downsample_rate
+    if not isinstance(heads, int) or heads < 1 or cfg.prompt_embed_dim % heads or width % heads:
+        raise CheckpointError(f"{config_path}: mask_decoder_config.num_attention_heads = {heads!r} does not "
+                              f"divide the decoder width {cfg.prompt_embed_dim} (and {width})")
     for field in ("encoder_norm_eps", "decoder_norm_eps", "mask_embed_norm_eps"):
         eps = getattr(cfg, field)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1):

@@ -136,7 +136,8 @@ def mlp_block(p, x, trace=None, name: str = ""):  # [N, Tt, C] -> [N, Tt, C]
 
 
 def two_way_block(p, queries, keys, query_pe, key_pe, num_heads: int, skip_first_layer_pe: bool,
-                  trace=None, name: str = "", norm_eps: float = DECODER_LN_EPS, state: Optional[DecoderImageState] = None):
+                  trace=None, name: str = "", norm_eps: float = DECODER_LN_EPS,
+                  state: Optional[DecoderImageState] = None):
     """``TwoWayAttentionBlock.forward``.
 
     queries [N, Tt, C], keys [N or 1, GG, C], query_pe [N, Tt, C], key_pe [1, GG, C]

@@ -78,9 +78,27 @@ def _empty_batch() -> MaskData:
                     stability_score=np.zeros(0, np.float32), boxes=np.zeros((0, 4), np.int64), rles=[])
 
 
+class _OfficialDefault:
+    """Marks a default argument as "not given": the value is the official one (it compares,
+    prints and computes as that number), but a model with its own ``generator_defaults`` (the
+    registry's ``micro``) replaces it. A value the caller passes is never replaced."""
+
+
+class _DefaultInt(int, _OfficialDefault):
+    pass
+
+
+class _DefaultFloat(float, _OfficialDefault):
+    pass
+
+
+# The settings a model may tune for itself (``Sam.generator_defaults``, from the registry).
+MODEL_TUNABLE = ("points_per_side", "pred_iou_thresh", "stability_score_thresh")
+
+
 class SamAutomaticMaskGenerator:
-    def __init__(self, model, points_per_side: Optional[int] = 32, points_per_batch: int = 64,
-                 pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
+    def __init__(self, model, points_per_side: Optional[int] = _DefaultInt(32), points_per_batch: int = 64,
+                 pred_iou_thresh: float = _DefaultFloat(0.88), stability_score_thresh: float = _DefaultFloat(0.95),
                  stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7,
                  crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
@@ -89,8 +107,20 @@ class SamAutomaticMaskGenerator:
         """Arguments as the official class (its defaults are tuned for ViT-H), plus ``progress``:
         a tqdm bar over crops and point batches, on stderr. ``None`` (the default) shows it only
         when stderr is a terminal, so that library calls print nothing into logs and loops, as
-        the official ones; ``True`` always, ``False`` never."""
+        the official ones; ``True`` always, ``False`` never.
+
+        ``points_per_side``, ``pred_iou_thresh`` and ``stability_score_thresh`` left out take
+        the model's ``generator_defaults`` where it has them (``micro``: chosen on validation
+        scenes, ``weights/README.md``), else the official defaults above."""
         from minisam.predictor import SamPredictor
+
+        tuned = getattr(model, "generator_defaults", None) or {}
+        if isinstance(points_per_side, _OfficialDefault):
+            points_per_side = int(tuned.get("points_per_side", points_per_side))
+        if isinstance(pred_iou_thresh, _OfficialDefault):
+            pred_iou_thresh = float(tuned.get("pred_iou_thresh", pred_iou_thresh))
+        if isinstance(stability_score_thresh, _OfficialDefault):
+            stability_score_thresh = float(tuned.get("stability_score_thresh", stability_score_thresh))
 
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")

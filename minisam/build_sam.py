@@ -107,6 +107,13 @@ def _registered(name: str, checkpoint: Optional[PathLike]):
                 if getattr(got, f) != getattr(preset, f)]
         if diff:
             raise CheckpointError(f"{os.fspath(checkpoint)} is not a {name} checkpoint: " + ", ".join(diff))
+    from minisam.automatic_mask_generator import MODEL_TUNABLE
+    tuned = dict(weights.entry(name).get("generator_defaults", {}))
+    unknown = sorted(set(tuned) - set(MODEL_TUNABLE))
+    if unknown:
+        raise CheckpointError(f"registry entry {name!r}: generator_defaults has unknown settings {unknown}; "
+                              f"known: {list(MODEL_TUNABLE)}")
+    sam.generator_defaults = tuned
     return sam
 
 

@@ -198,6 +198,9 @@ class Sam:
         self.config = config
         self.params = params
         self.fast = (not readable_by_default()) if fast is None else bool(fast)
+        # Settings of SamAutomaticMaskGenerator this model is tuned for (the registry's
+        # "generator_defaults"; empty: the official defaults).
+        self.generator_defaults: Dict[str, Any] = {}
         # Non-persistent buffers in the official model: not in the checkpoint.
         self.pixel_mean = np.asarray(config.pixel_mean, np.float32).reshape(3, 1, 1)  # [3, 1, 1]
         self.pixel_std = np.asarray(config.pixel_std, np.float32).reshape(3, 1, 1)  # [3, 1, 1]

@@ -419,3 +419,112 @@ def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = F
                                       (("point_best_of_3_iou", best3), ("box_iou", boxes),
                                        ("iou_head_picks_best", picks), ("ceiling", ceilings))}})
     return out
+
+
+def _enclosed_holes(mask: np.ndarray) -> np.ndarray:
+    """[H, W] bool: pixels outside ``mask`` [H, W] that the background outside the image cannot
+    reach through 4-connected non-mask pixels (a ring's hole)."""
+    free = ~mask                                                        # [H, W]
+    reach = np.zeros_like(mask)
+    reach[0, :], reach[-1, :], reach[:, 0], reach[:, -1] = free[0, :], free[-1, :], free[:, 0], free[:, -1]
+    while True:
+        grown = reach.copy()
+        grown[1:] |= reach[:-1]
+        grown[:-1] |= reach[1:]
+        grown[:, 1:] |= reach[:, :-1]
+        grown[:, :-1] |= reach[:, 1:]
+        grown &= free
+        if np.array_equal(grown, reach):
+            return free & ~reach
+        reach = grown
+
+
+def evaluate_refinement(sam, n_scenes: int = 100, seed: int = EVAL_SEED, min_hole: int = 20,
+                        progress: bool = False) -> Dict:
+    """Interactive refinement on held-out scenes, with minisam's own predictor (no torch).
+
+    - ``iou_after_clicks[k - 1]``: mean IoU with the object after ``k`` clicks, the first one a
+      positive point at a random foreground pixel (round 1), then one click a round drawn from
+      the error region with the previous best logits fed back, in the paper's 11-round
+      schedule (:func:`minisam.training.interactive.simulate_interactive`); the two mask-only
+      rounds refine without a click, and count towards the click before them. k = 1 .. 9.
+    - ``gain_after_3_clicks`` and ``gain_after_8_clicks``: ``iou_after_clicks`` at 3 and 8
+      (the first click included) minus round 1.
+    - ``negative_click_lowers_hole``: for every object with an enclosed hole of at least
+      ``min_hole`` pixels (rings) that the first point's mask covers in part, the share of
+      cases where adding a negative click at the hole's most interior pixel, with the first
+      round's logits fed back, lowers the predicted area inside the hole.
+    """
+    from tqdm import tqdm
+    from minisam.predictor import SamPredictor
+    from minisam.training.interactive import INITIAL, POINT, simulate_interactive
+
+    predictor = SamPredictor(sam)
+    curves, lowered = [], []
+    for i in tqdm(range(n_scenes), disable=not progress, desc="refinement"):
+        s = make_scene(np.random.default_rng(seed + i), sam.config.img_size)
+        rng = np.random.default_rng(seed + 10_000_000 + i)
+        predictor.set_image(s.image)
+        for m in s.instance_masks:
+            records = simulate_interactive(predictor, None, m, rng, first_prompt="point")
+            by_clicks: List[float] = []
+            for r in records:
+                if r.kind in (INITIAL, POINT):
+                    by_clicks.append(r.iou)
+                else:
+                    by_clicks[-1] = r.iou                               # a mask-only round refines the last click
+            curves.append(by_clicks)
+            hole = _enclosed_holes(m)
+            if hole.sum() < min_hole:
+                continue
+            pos = interior_point(m) - 0.5                               # [2] (x, y)
+            neg = interior_point(hole) - 0.5
+            masks, iou_pred, low = predictor.predict(point_coords=pos[None], point_labels=np.array([1]))
+            best = int(np.argmax(iou_pred))
+            before = int((masks[best] & hole).sum())
+            if before == 0:
+                continue                                                # nothing in the hole to clear
+            after_masks, _, _ = predictor.predict(point_coords=np.stack([pos, neg]), point_labels=np.array([1, 0]),
+                                                  mask_input=low[best][None], multimask_output=False)
+            lowered.append(float(int((after_masks[0] & hole).sum()) < before))
+    curve = np.array(curves, dtype=np.float64).mean(0)                 # [9]
+    return {"seed": seed, "scenes": n_scenes, "objects": len(curves),
+            "iou_after_clicks": [float(v) for v in curve],
+            "gain_after_3_clicks": float(curve[2] - curve[0]), "gain_after_8_clicks": float(curve[7] - curve[0]),
+            "hole_cases": len(lowered),
+            "negative_click_lowers_hole": float(np.mean(lowered)) if lowered else float("nan")}
+
+
+def evaluate_automatic(sam, n_scenes: int = 50, seed: int = EVAL_SEED, min_area: int = 300,
+                       match_iou: float = 0.75, progress: bool = False, **generator_kwargs) -> Dict:
+    """The automatic mask generator on held-out scenes (minisam alone).
+
+    - ``recall``: the share of objects of at least ``min_area`` visible pixels that some
+      returned mask matches at IoU >= ``match_iou``;
+    - ``precision``: the share of returned masks that match an object, a part or a group of
+      the scene (every mask in ``Scene.masks``) at IoU >= ``match_iou``;
+    - ``masks_per_scene``. ``generator_kwargs`` go to :class:`SamAutomaticMaskGenerator`; none
+      given means the generator's defaults for this model.
+    """
+    from tqdm import tqdm
+    from minisam.automatic_mask_generator import SamAutomaticMaskGenerator
+    from minisam.modeling.common import mask_iou
+
+    generator = SamAutomaticMaskGenerator(sam, **generator_kwargs)
+    found, matched, returned = [], 0, 0
+    for i in tqdm(range(n_scenes), disable=not progress, desc="automatic"):
+        s = make_scene(np.random.default_rng(seed + i), sam.config.img_size)
+        got = [r["segmentation"] for r in generator.generate(s.image)]
+        returned += len(got)
+        if got:
+            pred = np.stack(got)                                        # [R, H, W]
+            everything = np.stack(s.masks)                              # [L, H, W]
+            ious = mask_iou(pred[:, None], everything[None])            # [R, L]
+            matched += int((ious.max(1) >= match_iou).sum())
+        for m in s.instance_masks:
+            if m.sum() >= min_area:
+                found.append(bool(got) and float(mask_iou(pred, m[None]).max()) >= match_iou)
+    return {"seed": seed, "scenes": n_scenes, "objects": len(found), "min_area": min_area, "match_iou": match_iou,
+            "recall": float(np.mean(found)) if found else float("nan"),
+            "precision": matched / returned if returned else float("nan"),
+            "masks_per_scene": returned / n_scenes}

@@ -422,21 +422,12 @@ def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = F
 
 
 def _enclosed_holes(mask: np.ndarray) -> np.ndarray:
-    """[H, W] bool: pixels outside ``mask`` [H, W] that the background outside the image cannot
-    reach through 4-connected non-mask pixels (a ring's hole)."""
-    free = ~mask                                                        # [H, W]
-    reach = np.zeros_like(mask)
-    reach[0, :], reach[-1, :], reach[:, 0], reach[:, -1] = free[0, :], free[-1, :], free[:, 0], free[:, -1]
-    while True:
-        grown = reach.copy()
-        grown[1:] |= reach[:-1]
-        grown[:-1] |= reach[1:]
-        grown[:, 1:] |= reach[:, :-1]
-        grown[:, :-1] |= reach[:, 1:]
-        grown &= free
-        if np.array_equal(grown, reach):
-            return free & ~reach
-        reach = grown
+    """[H, W] bool: pixels outside ``mask`` [H, W] in background regions (8-connected, as
+    :func:`minisam.utils.amg.connected_components`) that do not touch the image border: a ring's hole."""
+    from minisam.utils.amg import connected_components
+    _, labels, _ = connected_components(~mask)                          # [H, W] 0 = mask, 1.. regions
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return (labels > 0) & ~np.isin(labels, border)                      # [H, W]
 
 
 def evaluate_refinement(sam, n_scenes: int = 100, seed: int = EVAL_SEED, min_hole: int = 20,

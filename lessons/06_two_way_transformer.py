@@ -35,6 +35,7 @@ args = _lesson.parse_args("06", __doc__.splitlines()[0])
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minisam import SamPredictor  # noqa: E402
+from minisam.config import MICRO, VIT_B  # noqa: E402
 from minisam.training.shapes import interior_point, make_scene  # noqa: E402
 
 sam = _lesson.load_model(args)
@@ -71,6 +72,108 @@ k = trace[f"{t}.layers.0.cross_attn_token_to_image.k_proj"]      # [1, N, C/2]
 print(f"  cross-attention works in {q.shape[-1]} channels (C = {C} / downsample rate "
       f"{cfg.attention_downsample_rate}), {cfg.decoder_num_heads} heads of {q.shape[-1] // cfg.decoder_num_heads}: "
       f"q {q.shape}, k {k.shape}")
+tokens_out, image_out = trace[f"{t}.layers.0"]                     # [1, T, C], [1, N, C]
+_lesson.claim(cfg.decoder_depth == 2 and K == 4 and tokens_out.shape[1] == T and image_out.shape[1] == G * G,
+              f"{cfg.decoder_depth} blocks update T = 1 IoU + {K} mask + {sparse.shape[1]} prompt = "
+              f"{tokens_out.shape[1]} tokens and N = {image_out.shape[1]} = {G} x {G} image tokens")
+_lesson.claim(VIT_B.image_embedding_size ** 2 == 4096 and MICRO.image_embedding_size ** 2 == 256,
+              f"N = {VIT_B.image_embedding_size ** 2} image tokens for vit_b, "
+              f"{MICRO.image_embedding_size ** 2} for micro")
+_lesson.claim(cfg.attention_downsample_rate == 2 and q.shape[-1] == k.shape[-1] == C // 2
+              and cfg.decoder_num_heads == 8,
+              f"the cross-attentions work in {q.shape[-1]} = C/2 channels, {cfg.decoder_num_heads} heads")
+
+# --- 2b. The same steps spelled out in numpy, from the transformer's inputs ---------------
+# The trace comes from minisam's fused decoder (minisam.kernels); here each step of the list
+# at the top is written again from the weights, and every intermediate compared with it.
+pd = sam.params["mask_decoder"]
+tokens = np.concatenate([pd["iou_token"]["weight"], pd["mask_tokens"]["weight"], sparse[0]])[None]   # [1, T, C]
+dense = trace["prompt_encoder"][1]                                                # [1, C, G, G]
+image = (predictor.get_image_embedding() + dense).reshape(1, C, G * G).transpose(0, 2, 1)   # [1, N, C]
+image_pe = sam.get_dense_pe().reshape(1, C, G * G).transpose(0, 2, 1)            # [1, N, C]
+
+
+def lin(x, p):                                                    # nn.Linear: [..., in] -> [..., out]
+    return x @ p["weight"].T + p["bias"]
+
+
+def ln(x, p, eps=cfg.decoder_norm_eps):                           # nn.LayerNorm over channels: [..., C]
+    centred = x - x.mean(-1, keepdims=True)
+    return centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps) * p["weight"] + p["bias"]
+
+
+def attend(p, q, k, v):
+    """Project, split into heads, softmax(q k^T / sqrt(hd)) v, merge, project:
+    q [1, Tq, C], k and v [1, Tk, C] -> (out [1, Tq, C], weights [1, h, Tq, Tk])."""
+    qh, kh, vh = (lin(x, p[n]).reshape(x.shape[1], cfg.decoder_num_heads, -1).transpose(1, 0, 2)
+                  for x, n in ((q, "q_proj"), (k, "k_proj"), (v, "v_proj")))           # [h, T, hd] each
+    scores = qh @ kh.transpose(0, 2, 1) / np.sqrt(qh.shape[-1])                       # [h, Tq, Tk]
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)                                          # rows sum to 1
+    merged = (weights @ vh).transpose(1, 0, 2).reshape(1, q.shape[1], -1)             # [1, Tq, C/2]
+    return lin(merged, p["out_proj"]), weights[None]
+
+
+def off(mine, name):                     # max |mine - traced| as a fraction of the traced max
+    return float(np.abs(mine - trace[name]).max() / np.abs(trace[name]).max())
+
+
+# Same float32 arithmetic in another order: it must agree to 1e-5 of each tensor's max |value|.
+queries, keys = tokens, image                                     # [1, T, C], [1, N, C]
+errors = {}                                                       # step -> relative max |difference|
+for i in range(cfg.decoder_depth):
+    p, L = pd["transformer"]["layers"][i], f"{t}.layers.{i}"
+    if i == 0:                                                    # 1. replaces the tokens: no PE, no residual
+        attn_out, _ = attend(p["self_attn"], queries, queries, queries)
+        with_residual = ln(queries + attn_out, p["norm1"])        # what a residual would have given
+        queries = ln(attn_out, p["norm1"])
+    else:                                                         # 1. PE on q and k, and a residual
+        attn_out, _ = attend(p["self_attn"], queries + tokens, queries + tokens, queries)
+        queries = ln(queries + attn_out, p["norm1"])
+    errors[f"{i}.self_attn"] = off(queries, f"{L}.norm1")
+    attn_out, weights = attend(p["cross_attn_token_to_image"], queries + tokens, keys + image_pe, keys)   # 2.
+    errors[f"{i}.token_to_image weights"] = off(weights, f"{L}.cross_attn_token_to_image.attn_weights")
+    if i == 0:                                                    # the values with the PE, for comparison
+        with_pe_values, _ = attend(p["cross_attn_token_to_image"], queries + tokens, keys + image_pe,
+                                   keys + image_pe)
+    errors[f"{i}.token_to_image"] = off(attn_out, f"{L}.cross_attn_token_to_image")
+    queries = ln(queries + attn_out, p["norm2"])
+    mlp_out = lin(np.maximum(lin(queries, p["mlp"]["lin1"]), 0), p["mlp"]["lin2"])        # 3. C -> Dm -> C, ReLU
+    errors[f"{i}.mlp"] = off(mlp_out, f"{L}.mlp")
+    queries = ln(queries + mlp_out, p["norm3"])
+    attn_out, _ = attend(p["cross_attn_image_to_token"], keys + image_pe, queries + tokens, queries)   # 4.
+    keys = ln(keys + attn_out, p["norm4"])
+    errors[f"{i}.image_to_token"] = off(keys, f"{L}.norm4")
+attn_out, _ = attend(pd["transformer"]["final_attn_token_to_image"], queries + tokens, keys + image_pe, keys)
+queries = ln(queries + attn_out, pd["transformer"]["norm_final_attn"], eps=1e-5)   # nn.LayerNorm's default eps
+errors["final"] = off(queries, f"{t}.norm_final_attn")
+print("spelled out vs the decoder, max |diff| / max |value| per step:",
+      ", ".join(f"{step} {e:.1e}" for step, e in errors.items()))
+residual_off = off(with_residual, f"{t}.layers.0.norm1")
+values_off = off(with_pe_values, f"{t}.layers.0.cross_attn_token_to_image")
+cross_off = max(e for step, e in errors.items() if "token_to_image" in step)
+mlp_off = max(errors[f"{i}.mlp"] for i in range(cfg.decoder_depth))
+image_off = max(errors[f"{i}.image_to_token"] for i in range(cfg.decoder_depth))
+lin1, act = trace[f"{t}.layers.0.mlp.lin1"], trace[f"{t}.layers.0.mlp.act"]      # [1, T, Dm] each
+_lesson.claim(errors["0.self_attn"] <= 1e-5 and residual_off > 1e-2,
+              f"layer 0's self-attention replaces the tokens: LN(attention) is the model's norm1 to "
+              f"{errors['0.self_attn']:.1e} of its max; LN(tokens + attention) would be {residual_off:.2f} off")
+_lesson.claim(cross_off <= 1e-5 and values_off > 1e-2,
+              f"token -> image attention, the image being its embedding + the dense prompt embedding, with "
+              f"q = tokens + PE, k = image + dense PE, v = image without PE, is the model's (weights and output, "
+              f"every layer, within {cross_off:.1e} of max); "
+              f"values with the PE would be {values_off:.2f} off")
+_lesson.claim(lin1.shape[-1] == cfg.decoder_mlp_dim and np.array_equal(act, np.maximum(lin1, 0))
+              and (lin1 < 0).any() and mlp_off <= 1e-5,
+              f"the token MLP is C = {C} -> {lin1.shape[-1]} -> C with ReLU: its activation is max(lin1, 0) "
+              f"exactly ({(act == 0).mean():.0%} zeros), and spelled out it is the model's to {mlp_off:.1e} of max")
+_lesson.claim(image_off <= 1e-5,
+              f"image -> token attention (q = image + PE, k = tokens + PE, v = tokens), residual and norm4 is "
+              f"the model's image update to {image_off:.1e} of max")
+_lesson.claim(max(errors.values()) <= 1e-5,
+              f"both blocks and the final attention + LayerNorm, with the PEs re-added before every attention "
+              f"and the original tokens as their PE, are the model's transformer: worst step "
+              f"{max(errors, key=errors.get)} at {max(errors.values()):.1e} of max")
 
 # --- 3. Token -> image attention of the point token, per layer and head -------------------
 # Each map is one row of a softmax: it sums to 1 over the N image positions.
@@ -81,9 +184,11 @@ point_tok = 1 + K                                                 # the point to
 patch = S // G                                                    # pixels per grid cell
 inside = target.reshape(G, patch, G, patch).mean(axis=(1, 3)) > 0.5   # [S, S] -> [G, G] cells mostly on the object
 fig, axes = plt.subplots(len(names), heads, figsize=(2.0 * heads, 2.2 * len(names)))
+masses = []                                                       # per layer: [h] mass on the object
 for r, name in enumerate(names):
     w = trace[name + ".attn_weights"]                             # [B, h, T, N]
     on_object = w[0, :, point_tok][:, inside.ravel()].sum(-1)     # [h] attention mass on the object
+    masses.append(on_object)
     print(f"{name}.attn_weights {w.shape}: row sum {w[0, 0, point_tok].sum():.4f}; mass on the object "
           f"per head {np.round(on_object, 2)} (object = {inside.mean():.0%} of the cells)")
     for h in range(heads):
@@ -101,12 +206,27 @@ fig.suptitle(f"Token -> image attention of the point token ({G} x {G} softmax we
 fig.tight_layout()
 _lesson.save(fig, args, "06_token_to_image_attention.png")
 plt.close(fig)
+row_off = max(float(np.abs(trace[name + ".attn_weights"].sum(-1) - 1).max()) for name in names)
+_lesson.claim(row_off <= 1e-5, f"every token's token -> image weights, in every layer and head, sum to 1 over "
+                               f"the N = {G * G} positions (max |sum - 1| {row_off:.1e})")
+masses = np.stack(masses)                                         # [layers, h]
+share = inside.mean()
+if args.checkpoint is None:   # the registered models are trained; a --checkpoint may hold any weights
+    _lesson.claim(masses.max() >= max(0.5, 3 * share) and masses.min() < share,
+                  f"with trained weights some heads look at the clicked shape, others away from it: up to "
+                  f"{masses.max():.2f} and as little as {masses.min():.2f} of the point token's attention "
+                  f"falls on the object, which covers {share:.2f} of the cells")
 
 # --- 4. Image -> token attention: which token does each image position read? --------------
 # Here the softmax runs over the T tokens, so at every position the T maps sum to 1.
 w = trace[f"{t}.layers.0.cross_attn_image_to_token.attn_weights"][0].mean(0)   # [h, N, T] -> [N, T]
 print(f"image -> token weights, layer 0, mean over heads: {w.shape}; sums over tokens "
       f"{w.sum(-1).min():.4f}..{w.sum(-1).max():.4f}")
+names_i2t = [f"{t}.layers.{i}.cross_attn_image_to_token" for i in range(cfg.decoder_depth)]
+position_off = max(float(np.abs(trace[name + ".attn_weights"].sum(-1) - 1).max()) for name in names_i2t)
+_lesson.claim(position_off <= 1e-5 and trace[names_i2t[0] + ".attn_weights"].shape[-2:] == (G * G, T),
+              f"each of the N = {G * G} image positions queries the T = {T} tokens, and its weights sum to 1 "
+              f"in every layer and head (max |sum - 1| {position_off:.1e})")
 labels = ["IoU"] + [f"mask {k}" for k in range(K)] + ["point", "pad"]
 fig, axes = plt.subplots(1, T + 1, figsize=(2.3 * (T + 1), 2.8))
 axes[0].imshow(scene.image)
@@ -121,4 +241,14 @@ fig.suptitle("Image -> token attention, layer 0 (mean over heads): each position
 fig.tight_layout()
 _lesson.save(fig, args, "06_image_to_token_attention.png")
 plt.close(fig)
+# Image -> token attention is the only step that writes to the image tokens, so it is how the
+# prompt reaches them: click elsewhere, and the image tokens entering the transformer are the
+# same while those leaving layer 0 are not.
+other_trace = {}
+predictor.predict(point_coords=interior_point(~target)[None], point_labels=np.array([1]), trace=other_trace)
+image_after = trace[f"{t}.layers.0"][1]                           # [1, N, C]
+moved = float(np.abs(other_trace[f"{t}.layers.0"][1] - image_after).max() / np.abs(image_after).max())
+_lesson.claim(np.array_equal(other_trace["prompt_encoder"][1], dense) and moved > 1e-2,
+              f"a click off the object leaves the image tokens entering the transformer unchanged (same dense "
+              f"embedding) but moves those after layer 0 by {moved:.2f} of their max: the image reads the prompt")
 print(f"masks {masks.shape}, IoU predictions {np.round(iou, 3)}")

@@ -12,8 +12,9 @@ over all pixels, so thousands of easy pixels drown the few hard ones. SAM fixes 
 
 - **focal loss** (Lin et al. 2017) multiplies BCE by (1 - p_t)^gamma, which is ~0 for a pixel
   already right with confidence p_t -> 1, so the average is driven by the hard pixels;
-- **dice loss** scores the overlap of the whole mask, 1 - 2|P & G| / (|P| + |G|), which does
-  not care how many background pixels there are.
+- **dice loss** scores the overlap of the whole mask, 1 - 2|P & G| / (|P| + |G|), which counts
+  no true negatives: background pixels predicted at p = 0 add nothing, however many there are
+  (on probabilities, each background pixel still adds its p to |P|: section 2).
 
 They are mixed 20:1 (focal:dice). The IoU head learns with a mean squared error against the
 IoU of the mask it scored. For an ambiguous click SAM outputs three masks and only the one
@@ -35,6 +36,7 @@ import matplotlib
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 
+import _lesson  # noqa: E402
 from minisam.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,15 +61,39 @@ def per_pixel_focal(logits, targets, **kw):
 # 1. BCE versus focal loss, pixel by pixel
 # ---------------------------------------------------------------------------------------------
 # For a foreground pixel (y = 1) BCE = -log p. With gamma = 2 focal loss multiplies it by
-# (1 - p)^2 (and alpha_t = 0.25 for positives, 0.75 for negatives). An easy pixel (p = 0.99)
-# keeps 1e-4 of its BCE; a hard one (p = 0.1) keeps 81%.
+# (1 - p)^2, and by alpha_t = 0.25 for positives (0.75 for negatives). The factor (1 - p)^2
+# keeps 1e-4 of an easy pixel's BCE (p = 0.99) and 81% of a hard one's (p = 0.1); with
+# alpha_t on top, the table's focal/BCE is a quarter of that.
+#
+# alpha = 0.25 and gamma = 2 are not SAM's own numbers: the SAM paper (Kirillov et al. 2023,
+# section 3 and appendix A "Losses") states only the 20:1 focal:dice ratio. They are the
+# defaults of the focal loss paper (Lin et al. 2017) and of torchvision's sigmoid_focal_loss.
+# minisam's sigmoid_focal_loss takes them as its defaults, which sam_loss uses, and
+# minisam/training/micro.py's sam_loss_torch, which trained the shipped micro model, writes
+# them out (alpha_t = 0.25 t + 0.75 (1 - t), (1 - p_t) ** 2).
 print("1. BCE vs focal loss (y = 1, alpha = 0.25, gamma = 2)")
 print(f"{'p':>6} {'BCE':>9} {'focal':>10} {'focal/BCE':>10}")
-for p in [0.1, 0.5, 0.9, 0.99, 0.999]:
+table_p = np.array([0.1, 0.5, 0.9, 0.99, 0.999])
+ratios, factors = [], []                                          # focal/BCE with alpha, and without
+for p in table_p:
     x = np.array([[[logit(p)]]])                                 # [1, 1, 1]
     bce = float(sigmoid_focal_loss(x, np.ones_like(x), alpha=-1, gamma=0)[0])
     focal = float(sigmoid_focal_loss(x, np.ones_like(x))[0])
+    factors.append(float(sigmoid_focal_loss(x, np.ones_like(x), alpha=-1)[0]) / bce)
+    ratios.append(focal / bce)
     print(f"{p:6.3f} {bce:9.4f} {focal:10.2e} {focal / bce:10.2e}")
+ratios, factors = np.array(ratios), np.array(factors)
+# float64 throughout: the library and the formula agree to rounding
+_lesson.claim(np.allclose(factors, (1 - table_p) ** 2, rtol=1e-9, atol=0)
+              and np.allclose(ratios, 0.25 * (1 - table_p) ** 2, rtol=1e-9, atol=0),
+              f"focal/BCE is (1 - p)^2 without alpha ({factors[3]:.1e} at p = 0.99, {factors[0]:.2f} at p = 0.1) "
+              f"and 0.25 (1 - p)^2 with it ({ratios[3]:.1e} and {ratios[0]:.4f}), to 1e-9 relative")
+table_x = logit(table_p)[:, None, None]                          # [5, 1, 1] the table's pixels
+_lesson.claim(np.array_equal(sigmoid_focal_loss(table_x, np.ones_like(table_x)),
+                             sigmoid_focal_loss(table_x, np.ones_like(table_x), alpha=0.25, gamma=2.0))
+              and not np.array_equal(sigmoid_focal_loss(table_x, np.ones_like(table_x)),
+                                     sigmoid_focal_loss(table_x, np.ones_like(table_x), alpha=0.5, gamma=1.0)),
+              "sigmoid_focal_loss's defaults are alpha = 0.25, gamma = 2: a default call equals the explicit one")
 
 # A mask of 10 000 pixels: 9 900 easy background pixels (p = 0.01) and 100 hard foreground
 # pixels (p = 0.3). Which part of the loss do the hard pixels make?
@@ -75,10 +101,14 @@ easy = np.full(9900, logit(0.01))
 hard = np.full(100, logit(0.3))
 logits = np.concatenate([easy, hard])[None, :, None]             # [1, 10000, 1]
 targets = np.concatenate([np.zeros(9900), np.ones(100)])[None, :, None]
+hard_share = {}
 for name, kw in [("BCE", dict(alpha=-1, gamma=0)), ("focal", dict())]:
     per_pixel = per_pixel_focal(logits, targets, **kw)           # [1, 10000, 1]
-    share = per_pixel[0, 9900:].sum() / per_pixel.sum()
+    hard_share[name] = share = per_pixel[0, 9900:].sum() / per_pixel.sum()
     print(f"   {name:5s}: the 1% hard pixels carry {100 * share:5.1f}% of the loss")
+_lesson.claim(hard_share["focal"] >= 0.99 and hard_share["BCE"] < hard_share["focal"],
+              f"focal loss is driven by the hard pixels: the 1% hard ones carry {hard_share['focal']:.1%} of it, "
+              f"against {hard_share['BCE']:.1%} of BCE")
 
 # The gradient is derived in the docstring of sigmoid_focal_loss; check it with central
 # differences (float64), no autograd needed.
@@ -92,17 +122,25 @@ for idx in np.ndindex(x.shape):
     up[idx] += 1e-6
     down[idx] -= 1e-6
     fd[idx] = (sigmoid_focal_loss(up, y).sum() - sigmoid_focal_loss(down, y).sum()) / 2e-6
-print(f"   focal gradient vs finite differences: max abs err {np.abs(fd - grad).max():.2e} "
+fd_err = np.abs(fd - grad).max()
+print(f"   focal gradient vs finite differences: max abs err {fd_err:.2e} "
       f"(gradient size {np.abs(grad).max():.2e})")
+# central differences with step 1e-6 in float64: truncation and rounding stay far below 1e-6 relative
+_lesson.claim(fd_err <= 1e-6 * np.abs(grad).max(),
+              f"the hand-derived focal gradient matches central differences: max |diff| {fd_err:.1e}, "
+              f"{fd_err / np.abs(grad).max():.1e} of the largest gradient")
 
 # Figure 1: loss against p for y = 1 and y = 0, gamma = 0 (BCE), 1, 2, 5 (alpha off, as in
 # Lin et al.'s figure 1, so only the modulating factor differs).
 p = np.linspace(0.001, 0.999, 400)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+curves = []                                                      # [2 targets][4 gammas] of [400]
 for ax, y_value in zip(axes, [1, 0]):
+    curves.append([])
     for gamma in [0, 1, 2, 5]:
         x = logit(p)[:, None, None]                              # [400, 1, 1]
         loss = sigmoid_focal_loss(x, np.full_like(x, y_value), alpha=-1, gamma=gamma)   # [400]
+        curves[-1].append(loss)
         ax.plot(p, loss, label=f"gamma = {gamma}" + (" (BCE)" if gamma == 0 else ""))
     ax.set(title=f"target y = {y_value}", xlabel="predicted p = sigmoid(x)", ylabel="loss", ylim=(0, 5))
     ax.axvspan(*((0.6, 1.0) if y_value == 1 else (0.0, 0.4)), color="g", alpha=0.08, label="well classified")
@@ -111,6 +149,12 @@ fig.suptitle("Focal loss (1 - p_t)^gamma * BCE: easy pixels stop counting")
 fig.tight_layout()
 fig.savefig(os.path.join(args.out, "focal_curves.png"), dpi=100)
 plt.close(fig)
+curves = np.array(curves)                                        # [2, 4, 400]
+well_classified = p > 0.6                                        # the green span for y = 1
+kept = (curves[0, 3, well_classified] / curves[0, 0, well_classified]).max()
+_lesson.claim(np.all(np.diff(curves, axis=1) < 0),
+              f"at every p a larger gamma gives a smaller loss, for y = 1 and y = 0; well classified (p > 0.6, "
+              f"y = 1), gamma = 5 keeps at most {kept:.1e} of BCE")
 
 # ---------------------------------------------------------------------------------------------
 # 2. Dice on unbalanced masks
@@ -128,29 +172,62 @@ predictions = {
 }
 print("\n2. Dice vs BCE when the object is 1% of the image")
 print(f"{'prediction':28s} {'BCE':>7} {'focal':>8} {'dice':>6} {'IoU':>5}")
+table = {}                                                       # name -> (BCE, dice)
 for name, x in predictions.items():
     bce = sigmoid_focal_loss(x[None], obj[None], alpha=-1, gamma=0)[0]
+    table[name] = (float(bce), float(dice_loss(x[None], obj[None])[0]))
     print(f"{name:28s} {bce:7.4f} {sigmoid_focal_loss(x[None], obj[None])[0]:8.5f} "
           f"{dice_loss(x[None], obj[None])[0]:6.3f} {mask_iou(x[None], obj[None])[0]:5.2f}")
 print("   BCE barely minds missing the whole object (the background is right); dice is ~1.")
+missed, ringed = table["all background (x = -4)"], table["object + ring, confident"]
+_lesson.claim(missed[0] < ringed[0] and missed[1] > 0.95 and missed[1] == max(d for _, d in table.values()),
+              f"missing the whole object costs BCE {missed[0]:.3f}, less than the ring that covers it "
+              f"({ringed[0]:.3f}); dice gives it {missed[1]:.3f}, the worst of the three")
 # Dice is computed on probabilities, not on thresholded masks: the 9 900 background pixels
 # at p = sigmoid(-4) = 0.018 add up to ~178 pixels of "soft" false positive, more than the
 # 100-pixel object. That is why the correct mask at p = 0.6 still has dice 0.64 and why dice
 # pushes every background pixel towards p = 0, however many there are.
 soft_background = float((1 / (1 + np.exp(4.0))) * (h * w - obj.sum()))
 print(f"   soft false-positive mass of the background at x = -4: {soft_background:.0f} pixels")
+half_sure = predictions["object at p = 0.6"]
+dice_half = float(dice_loss(half_sure[None], obj[None])[0])
+by_formula = 1 - (2 * 0.6 * obj.sum() + 1) / (0.6 * obj.sum() + soft_background + obj.sum() + 1)   # +1 smoothing
+_lesson.claim(abs(dice_half - by_formula) <= 1e-9,
+              f"the p = 0.6 mask's dice {dice_half:.4f} is 1 - (2 * {0.6 * obj.sum():.0f} + 1) / "
+              f"({0.6 * obj.sum():.0f} + {soft_background:.0f} + {obj.sum():.0f} + 1) = {by_formula:.4f}: "
+              f"the soft background counts in |P|")
+# More background: with 4x the pixels (a 50-pixel border) dice is unchanged at p = 0, not at p = 0.018.
+more_background = {}
+for background in (-4.0, -40.0):
+    x = np.where(obj > 0, logit(0.6), background)                # [H, W]
+    small = dice_loss(x[None], obj[None])[0]
+    big = dice_loss(np.pad(x, 50, constant_values=background)[None], np.pad(obj, 50)[None])[0]
+    more_background[background] = (float(small), float(big))
+at_zero, at_soft = more_background[-40.0], more_background[-4.0]
+_lesson.claim(abs(at_zero[1] - at_zero[0]) <= 1e-12 and at_soft[1] - at_soft[0] > 0.1,
+              f"4x the background pixels: dice stays {at_zero[0]:.4f} -> {at_zero[1]:.4f} at x = -40 (p ~ 0), "
+              f"but goes {at_soft[0]:.3f} -> {at_soft[1]:.3f} at x = -4 (p = 0.018)")
+_, ddice = dice_loss(half_sure[None], obj[None], grad=True)      # [1, H, W]
+_lesson.claim(np.all(ddice[0][obj == 0] > 0),
+              f"dice pushes every background pixel towards p = 0: d dice / dx > 0 at all {int((obj == 0).sum())} "
+              f"of them (smallest {ddice[0][obj == 0].min():.1e})")
 
 # ---------------------------------------------------------------------------------------------
 # 3. The 20:1 mix
 # ---------------------------------------------------------------------------------------------
 # Focal loss is a per-pixel mean of small numbers (alpha_t <= 0.75, (1 - p_t)^2 <= 1), so on
-# a real mask it is ~0.01-0.1, while dice is in [0, 1]. The factor 20 brings them to a
-# comparable size, so that the pixel-wise and the overlap signal both count.
+# a real mask it is ~0.01-0.1 (section 5 measures it on a blurry disk), while dice is in
+# [0, 1]. The factor 20 brings them to a comparable size, so that the pixel-wise and the
+# overlap signal both count.
 print("\n3. 20 * focal + dice")
+worst_ratio = 0.0                                                # the largest per-pixel focal / BCE
 for name, x in predictions.items():
     focal = sigmoid_focal_loss(x[None], obj[None])[0]
     dice = dice_loss(x[None], obj[None])[0]
     print(f"   {name:28s} 20 * focal = {20 * focal:6.3f}   dice = {dice:5.3f}   sum = {20 * focal + dice:6.3f}")
+    worst_ratio = max(worst_ratio, float((per_pixel_focal(x, obj) / per_pixel_focal(x, obj, alpha=-1, gamma=0)).max()))
+_lesson.claim(worst_ratio <= 0.75, f"per pixel, focal loss is at most 0.75 of BCE (alpha_t <= 0.75, "
+                                   f"(1 - p_t)^2 <= 1): largest ratio here {worst_ratio:.3f}")
 
 # ---------------------------------------------------------------------------------------------
 # 4. The minimum over the three outputs
@@ -168,13 +245,28 @@ per_output = [20 * sigmoid_focal_loss(c[None], obj[None])[0] + dice_loss(c[None]
 print("\n4. Minimum over masks: per-output 20 focal + dice =", np.array(per_output))
 print(f"   sam_loss picks output {index}, total (with IoU MSE) = {total:.4f}")
 print("   gradient norm per output:", np.sqrt((dlogits ** 2).sum(axis=(1, 2))), " d iou_pred:", diou)
+# The recipe computed again from its parts, with alpha and gamma written out.
+mask_losses = np.array([20 * sigmoid_focal_loss(c[None], obj[None], alpha=0.25, gamma=2.0)[0]
+                        + dice_loss(c[None], obj[None])[0] for c in candidates])   # [3]
+best = int(np.argmin(mask_losses))
+iou_target = float(mask_iou(candidates[best][None], obj[None])[0])
+recomputed = mask_losses[best] + (iou_pred[best] - iou_target) ** 2
+others = [k for k in range(3) if k != best]
+_lesson.claim(index == best and abs(total - recomputed) <= 1e-9,
+              f"sam_loss = min over outputs of 20 * focal + dice ({mask_losses.round(4).tolist()} -> output {best}) "
+              f"+ (IoU score {iou_pred[best]} - IoU {iou_target:.2f})^2 = {recomputed:.4f}, as sam_loss's {total:.4f}")
+_lesson.claim(np.all(dlogits[others] == 0) and np.all(diou[others] == 0) and np.abs(dlogits[best]).max() > 0
+              and abs(diou[best] - 2 * (iou_pred[best] - iou_target)) <= 1e-12,
+              f"only output {best} gets a gradient (outputs {others} get exactly 0); its IoU score gets "
+              f"2 (score - IoU) = {diou[best]:.2f}")
 
 # ---------------------------------------------------------------------------------------------
 # 5. Where the focal loss lives on a predicted mask
 # ---------------------------------------------------------------------------------------------
 # A disk target and a prediction that is a slightly shifted, blurry disk: per-pixel focal
-# loss and BCE on a log scale. BCE is spread over the whole background; focal loss is a
-# thin band at the boundary, where the prediction is wrong or unsure.
+# loss and BCE on a log scale. On that scale BCE shows over the whole background, focal loss
+# only in a band at the boundary, where the prediction is wrong or unsure. Summed, that band
+# holds most of the BCE too (95%), but away from it focal loss is ~1e7 times smaller per pixel.
 h = w = 96
 rows, cols = np.mgrid[0:h, 0:w]
 target = ((rows - 48) ** 2 + (cols - 44) ** 2 <= 24 ** 2).astype(np.float64)        # [H, W]
@@ -185,6 +277,19 @@ bce_map = per_pixel_focal(pred_logits, target, alpha=-1, gamma=0)               
 _, grad_map = sigmoid_focal_loss(pred_logits[None], target[None], grad=True)       # [1, H, W]
 print(f"\n5. heat map: mean BCE {bce_map.mean():.4f}, mean focal {focal_map.mean():.5f}, "
       f"IoU {mask_iou(pred_logits[None], target[None])[0]:.3f}")
+p_map = 1 / (1 + np.exp(-pred_logits))                                             # [H, W]
+band = ((p_map > 0.5) != (target > 0.5)) | ((p_map > 0.1) & (p_map < 0.9))         # wrong or unsure
+away = ~band
+focal_in_band, bce_in_band = focal_map[band].sum() / focal_map.sum(), bce_map[band].sum() / bce_map.sum()
+_lesson.claim(focal_in_band >= 0.99 and 0.9 <= bce_in_band < focal_in_band
+              and np.median(bce_map[away]) > 1e6 * np.median(focal_map[away]),
+              f"focal loss sits in the band where the prediction is wrong or unsure ({band.mean():.0%} of the "
+              f"pixels): {focal_in_band:.2%} of it, against {bce_in_band:.1%} of BCE; away from the band the "
+              f"median pixel has BCE {np.median(bce_map[away]):.1e} and focal {np.median(focal_map[away]):.1e}")
+dice_disk = float(dice_loss(pred_logits[None], target[None])[0])
+_lesson.claim(0.01 <= focal_map.mean() <= 0.1 and 1 / 3 <= 20 * focal_map.mean() / dice_disk <= 3,
+              f"on this mask focal is {focal_map.mean():.3f} (in 0.01-0.1), and 20 * focal = "
+              f"{20 * focal_map.mean():.2f} is within a factor 3 of dice {dice_disk:.2f}")
 fig, axes = plt.subplots(1, 4, figsize=(16, 4))
 axes[0].imshow(target, cmap="gray")
 axes[0].set_title("target mask")
@@ -202,3 +307,4 @@ fig.tight_layout()
 fig.savefig(os.path.join(args.out, "focal_heatmap.png"), dpi=100)
 plt.close(fig)
 print(f"figures written to {args.out}: focal_curves.png, focal_heatmap.png")
+_lesson.claim("torch" not in sys.modules, "the lesson ran without importing torch")

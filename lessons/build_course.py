@@ -28,9 +28,9 @@ LESSONS = {
     "03": ("Image encoder: ViT-H/16 with windowed attention (MAE backbone)",
            "window partition with padding, decomposed relative positions, one head's bias and attention",
            "03_windows.png"),
-    "04": ("Image encoder: global attention and the 64x64x256 output",
-           "why 4 of 12 blocks are global, attention over the whole grid in blocks, the convolutional neck",
-           "04_global_attention.png"),
+    "04": ("Image encoder: global attention and the 64x64x256 output; ViT-H/16, MAE pre-trained",
+           "why 4 of 12 blocks are global, attention over the whole grid in blocks, the convolutional neck, "
+           "ViT-B/L/H depth, width, parameters and MACs at 1024x1024", "04_global_attention.png"),
     "05": ("Prompt encoder: sparse and dense prompts",
            "random-Fourier features of coordinates, point/box/mask embeddings, the dense PE",
            "05_dense_pe_channels.png"),
@@ -58,6 +58,9 @@ LESSONS = {
     "13": ("Zero-shot results, limitations, discussion",
            "composing SAM with a detector (boxes as prompts), and the small model's failure cases",
            "zero_shot_instances.png"),
+    "14": ("Additional slides: SAM 2 (Ravi et al. 2024), what changes and what stays",
+           "Hiera, memory attention, memory encoder and bank, the occlusion head, SA-V; and a hand-built "
+           "mask-carrying stand-in for the memory, measured on a moving shape", "14_sam2.png"),
 }
 
 
@@ -107,7 +110,7 @@ def main():
 
 INDEX_HEAD = """# The minisam course
 
-Thirteen runnable lessons that follow the paper (Kirillov et al. 2023) and the lecture deck, in
+Fourteen runnable lessons that follow the paper (Kirillov et al. 2023) and the lecture deck, in
 deck order. Each is a script that reads top to bottom like a notebook: prose in comments, then
 code that prints the shape of every tensor, then a figure. All run headless in under a minute
 on a laptop CPU, on the default model (`micro`, minisam's small SAM trained here on synthetic

@@ -32,8 +32,8 @@ DEFAULT = MICRO  # the model a lesson runs on without --model/--checkpoint (less
 FIGURES = {
     "01": ["segmentation_kinds.png", "promptable_task.png", "architecture.png"],
     "02": ["02_padded_input.png", "02_patch_grid.png"],
-    "03": ["03_windows.png", "03_relpos_and_attention.png"],
-    "04": ["04_global_attention.png", "04_embedding_channels.png"],
+    "03": ["03_windows.png", "03_relpos_and_attention.png", "03_padding.png"],
+    "04": ["04_global_attention.png", "04_attention_heads.png", "04_embedding_channels.png", "04_vit_family.png"],
     "05": ["05_dense_pe_channels.png", "05_pe_similarity.png", "05_mask_prompt.png"],
     "06": ["06_token_to_image_attention.png", "06_image_to_token_attention.png"],
     "07": ["07_upscaled_channels.png", "07_mask_logits.png"],
@@ -43,6 +43,7 @@ FIGURES = {
     "11": ["grid.png", "filters.png", "overlay.png"],
     "12": ["12_times.png", "12_roofline.png"],
     "13": ["zero_shot_instances.png", "limits.png"],
+    "14": ["14_sam2.png"],
 }
 
 # A smaller model than micro in every size a lesson could hard-code (input 96 not 128, grid

@@ -265,8 +265,8 @@ pad_map[:, grid:] = True
 
 
 def as_grid(windowed_tokens):                               # [nW, window, window, F] -> [padded, padded, F]
-    """The windows put back in place, padding kept (window_unpartition would crop it)."""
-    return windowed_tokens.reshape(side, side, window, window, -1).transpose(0, 2, 1, 3, 4).reshape(padded, padded, -1)
+    """The windows put back in place with the padding kept: window_unpartition cropping to the padded size."""
+    return window_unpartition(windowed_tokens, window, (padded, padded), (padded, padded))[0]
 
 
 tokens_padded = as_grid(tiny_windows)                       # [padded, padded, dim]

@@ -91,3 +91,47 @@ def compare(ref_trace: Dict[str, object], our_trace: Dict[str, object], rtol: fl
     if bad:
         raise AssertionError(f"{label}: over tolerance {rtol:g}: {bad}")
     return results
+
+
+def record_grads(model, prefix: str = ""):
+    """Forward hooks that keep every named submodule's output tensors and ``retain_grad`` them.
+
+    Returns ``(outputs, remove)``: after the forward and ``backward()`` of the caller,
+    ``grads_of(outputs)`` maps official module paths (``prefix`` prepended) to numpy copies of the
+    gradients of those outputs, in their own dtype; ``remove()`` takes the hooks off. A tensor that
+    several modules return (a block's queries are its ``norm3`` output) is the same tensor, so
+    each key holds the total gradient it received.
+    """
+    outputs: Dict[str, object] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _inp, out, key=prefix + name):
+            for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(t, torch.Tensor) and t.requires_grad:
+                    t.retain_grad()
+            outputs[key] = out
+        handles.append(mod.register_forward_hook(hook))
+
+    def remove():
+        for h in handles:
+            h.remove()
+    return outputs, remove
+
+
+def grads_of(outputs: Dict[str, object]) -> Dict[str, object]:
+    """The ``.grad`` of each recorded output as numpy (a tuple for tuple outputs); outputs that got
+    no gradient (not on the path to the loss) are left out."""
+    def one(t):
+        return None if t.grad is None else t.grad.detach().cpu().numpy()
+    result = {}
+    for key, out in outputs.items():
+        if isinstance(out, (tuple, list)):
+            gs = tuple(one(t) for t in out)
+            if all(g is not None for g in gs):
+                result[key] = gs
+        elif isinstance(out, torch.Tensor) and one(out) is not None:
+            result[key] = one(out)
+    return result

@@ -1,0 +1,148 @@
+"""Forward and backward of the small layers: linear, ReLU, GELU, LayerNorm, LayerNorm2d, softmax,
+and the bilinear upsampling of low-res logits.
+
+Paper: Kirillov et al. 2023, section 3 and appendix A. Mirrors ``segment_anything/modeling/common.py``
+(``LayerNorm2d``) and the ``torch.nn`` layers the official modules are built from, as
+:mod:`minisam.modeling.common` does for the forward. Every backward takes ``dy``, the gradient of
+the loss with respect to the layer's output, and returns the gradients with respect to its
+inputs and parameters (the chain rule, one layer at a time, as llm.c's ``train_gpt2.c`` does).
+
+Everything computes in the dtype of ``x``: float64 for the exact checks against torch autograd,
+float32 for training. Shapes: ``docs/shapes.md``; ``-1`` is all leading axes flattened.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minisam.modeling.common import erf as erf_float32
+from minisam.modeling.common import source_indices
+
+
+def _sum_leading(dy, keep: int):  # [..., out] -> [out] (keep = 1) or [..., a, b] -> [a, b] (keep = 2)
+    return dy.reshape((-1,) + dy.shape[dy.ndim - keep:]).sum(0)
+
+
+# --------------------------------------------------------------------------- linear
+
+def linear_forward(x, weight, bias=None):  # [..., in], [out, in], [out] -> [..., out], cache
+    y = x @ weight.T  # [..., in] @ [in, out] -> [..., out]
+    if bias is not None:
+        y = y + bias  # [..., out]
+    return y, (x, weight, bias is not None)
+
+
+def linear_backward(dy, cache):  # [..., out] -> dx [..., in], {"weight": [out, in], "bias": [out]}
+    """y = x W^T + b, so dx = dy W, dW = sum over rows of dy^T x, db = sum over rows of dy."""
+    x, weight, has_bias = cache
+    dx = dy @ weight  # [..., out] @ [out, in] -> [..., in]
+    dy2 = dy.reshape(-1, dy.shape[-1])  # [-1, out]
+    grads = {"weight": dy2.T @ x.reshape(-1, x.shape[-1])}  # [out, -1] @ [-1, in] -> [out, in]
+    if has_bias:
+        grads["bias"] = dy2.sum(0)  # [out]
+    return dx, grads
+
+
+# --------------------------------------------------------------------------- activations
+
+def relu_forward(x):  # [...] -> [...], cache
+    return np.maximum(x, 0).astype(x.dtype, copy=False), x > 0
+
+
+def relu_backward(dy, on):  # [...], [...] bool -> [...]
+    """d relu / dx = 1 where x > 0, else 0 (0 at x = 0 exactly, as torch's ``threshold_backward``)."""
+    return dy * on  # [...]
+
+
+def erf(x):  # [...] -> [...]
+    """erf in the dtype of x: the float32 fit torch's CPU kernels use, or ``math.erf`` in float64."""
+    if x.dtype == np.float32:
+        return erf_float32(x)
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)  # [...]
+
+
+def gelu_forward(x):  # [...] -> [...], cache
+    """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)); the cache keeps x and its Gaussian CDF."""
+    cdf = 0.5 * (1.0 + erf(x * (1 / math.sqrt(2)))).astype(x.dtype)  # [...] Phi(x)
+    return (x * cdf).astype(x.dtype, copy=False), (x, cdf)
+
+
+def gelu_backward(dy, cache):  # [...] -> [...]
+    """d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the Gaussian density."""
+    x, cdf = cache
+    pdf = np.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))  # [...]
+    return (dy * (cdf + x * pdf)).astype(x.dtype, copy=False)  # [...]
+
+
+def softmax_forward(x):  # [..., T] -> [..., T]; the output is its own cache
+    e = np.exp(x - x.max(-1, keepdims=True))  # [..., T]
+    return e / e.sum(-1, keepdims=True)  # [..., T]
+
+
+def softmax_backward(dp, p):  # [..., T], [..., T] -> [..., T]
+    """p = softmax(s): dp_i/ds_j = p_i (delta_ij - p_j), so ds = p * (dp - sum_i dp_i p_i)."""
+    return p * (dp - (dp * p).sum(-1, keepdims=True))  # [..., T]
+
+
+# --------------------------------------------------------------------------- LayerNorms
+
+def layer_norm_forward(x, weight, bias, eps: float, axis: int = -1):  # [...], [C], [C] -> [...], cache
+    """LayerNorm over ``axis`` (-1: ``nn.LayerNorm``; 1: ``LayerNorm2d`` on [B, C, H, W]), biased variance."""
+    mean = x.mean(axis, keepdims=True)  # [..., 1, ...]
+    centred = x - mean  # [...]
+    rstd = 1.0 / np.sqrt((centred * centred).mean(axis, keepdims=True) + eps)  # [..., 1, ...]
+    xhat = centred * rstd  # [...]
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    w, b = weight.reshape(shape), bias.reshape(shape)  # [C] -> broadcastable along axis
+    return (xhat * w + b).astype(x.dtype, copy=False), (xhat, rstd, w, axis)
+
+
+def layer_norm_backward(dy, cache):  # [...] -> dx [...], {"weight": [C], "bias": [C]}
+    """y = xhat w + b with xhat = (x - mean) rstd. With g = dy w (the gradient at xhat),
+    dx = rstd (g - mean(g) - xhat mean(g xhat)): the two means remove the parts of g that move
+    the mean and the variance, which normalisation undoes. dw = sum dy xhat, db = sum dy."""
+    xhat, rstd, w, axis = cache
+    g = dy * w  # [...]
+    dx = rstd * (g - g.mean(axis, keepdims=True) - xhat * (g * xhat).mean(axis, keepdims=True))  # [...]
+    others = tuple(i for i in range(dy.ndim) if i != axis % dy.ndim)
+    return dx.astype(dy.dtype, copy=False), {"weight": (dy * xhat).sum(others), "bias": dy.sum(others)}
+
+
+# --------------------------------------------------------------------------- bilinear upsampling
+
+def _interpolation_matrix(in_size: int, out_size: int, dtype):  # -> [out, in]
+    """The rows of PyTorch's ``align_corners=False`` bilinear resize along one axis as a matrix:
+    row i holds weight l0 at source i0 and l1 at i1 (:func:`minisam.modeling.common.source_indices`,
+    whose float32 arithmetic is PyTorch's for float32 tensors)."""
+    if dtype == np.float32:
+        i0, i1, l0, l1 = source_indices(in_size, out_size)
+    else:  # the same rule with the scale and the weights in double, as PyTorch computes it for float64
+        src = np.maximum((in_size / out_size) * (np.arange(out_size) + 0.5) - 0.5, 0.0)  # [out]
+        i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)  # [out]
+        l1 = np.clip(src - i0, 0.0, 1.0) if in_size != out_size else np.zeros(out_size)  # [out]
+        l0 = 1.0 - l1  # [out]
+        i1 = i0 + (i0 < in_size - 1)  # [out]
+    a = np.zeros((out_size, in_size), dtype)  # [out, in]
+    rows = np.arange(out_size)
+    np.add.at(a, (rows, i0), l0.astype(dtype))
+    np.add.at(a, (rows, i1), l1.astype(dtype))
+    return a
+
+
+def upsample_bilinear_forward(x, size):  # [..., h, w] -> [..., H, W], cache
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` as two matrix products,
+    y = A_h x A_w^T: a resize is linear in x, separable in rows and columns."""
+    h, w = x.shape[-2:]
+    a_h = _interpolation_matrix(h, size[0], x.dtype)  # [H, h]
+    a_w = _interpolation_matrix(w, size[1], x.dtype)  # [W, w]
+    return a_h @ x @ a_w.T, (a_h, a_w)  # [H, h] @ [..., h, w] @ [w, W] -> [..., H, W]
+
+
+def upsample_bilinear_backward(dy, cache):  # [..., H, W] -> [..., h, w]
+    """The transpose of the forward's linear map: dx = A_h^T dy A_w (each input pixel collects
+    the gradient of every output pixel it was blended into, with the same weight)."""
+    a_h, a_w = cache
+    return a_h.T @ dy @ a_w  # [h, H] @ [..., H, W] @ [W, w] -> [..., h, w]

@@ -61,6 +61,9 @@ LESSONS = {
     "14": ("Additional slides: SAM 2 (Ravi et al. 2024), what changes and what stays",
            "Hiera, memory attention, memory encoder and bank, the occlusion head, SA-V; and a hand-built "
            "mask-carrying stand-in for the memory, measured on a moving shape", "14_sam2.png"),
+    "15": ("The backward pass in NumPy, and fine-tuning the decoder",
+           "each layer's gradient by the chain rule, checked against finite differences; micro's prompt encoder "
+           "and mask decoder fine-tuned on shapes it has never seen, before and after", "15_finetune.png"),
 }
 
 
@@ -89,7 +92,7 @@ def main():
             sys.exit(f"{f} failed:\n{res.stderr[-2000:]}")
         topic, learn, fig = LESSONS[num]
         im = Image.open(os.path.join(out, fig)).convert("RGB")
-        im.thumbnail((360, 200))
+        im.thumbnail((640, 360))  # wide enough to read a 3-4 panel figure
         im.save(os.path.join(thumbs, f"{num}.png"), optimize=True)
         rows.append(f"| {num} | [{f}]({f}) | {topic} | {learn} | `python lessons/{f} --out out/{num}` "
                     f"({took:.0f} s here) | ![{num}](thumbnails/{num}.png) |")
@@ -110,10 +113,10 @@ def main():
 
 INDEX_HEAD = """# The minisam course
 
-Fourteen runnable lessons that follow the paper (Kirillov et al. 2023) and the lecture deck, in
+Fifteen runnable lessons that follow the paper (Kirillov et al. 2023) and the lecture deck, in
 deck order. Each is a script that reads top to bottom like a notebook: prose in comments, then
-code that prints the shape of every tensor, then a figure. All run headless in under a minute
-on a laptop CPU, on the default model (`micro`, minisam's small SAM trained here on synthetic
+code that prints the shape of every tensor, then a figure. All run headless on a laptop CPU,
+most in under a minute (the run column gives each one's time here), on the default model (`micro`, minisam's small SAM trained here on synthetic
 shapes, which ships in `weights/`; its model card is `weights/README.md`). `--model vit_b` or
 `--checkpoint PATH` runs them on the official weights.
 
@@ -131,7 +134,7 @@ encoder: ViT-H/16, MAE, windowed and global attention, the 1024 input, the 64x64
 transformer and 4x upsampling (06, 07); ambiguity, three masks and IoU ranking (08); the
 losses, focal and dice 20:1 and IoU MSE (09); the training algorithm, 11 rounds (10); the
 SA-1B data engine (11); zero-shot results and limitations (13); and, beyond the deck, making
-SAM fast on a CPU (12).
+SAM fast on a CPU (12), SAM 2 (14) and the backward pass with fine-tuning in NumPy (15).
 """
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def train_both(steps, dtype):
                                          CFG.img_size, graded_rounds=4, rounds=None, iou_outputs="all")
         clip_grad_norm(grads, CLIP)
         adamw_step(ours, grads, state, lr=LR, weight_decay=WEIGHT_DECAY)
-        losses.append((float(loss_t), float(loss)))
+        losses.append((float(loss_t.detach()), float(loss)))
     ref_weights = {k: v.detach().numpy() for k, v in model.state_dict().items() if k.split(".")[0] in TRAINED_PARTS}
     return np.array(losses), ref_weights, flatten(ours)
 

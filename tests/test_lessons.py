@@ -44,6 +44,7 @@ FIGURES = {
     "12": ["12_times.png", "12_roofline.png"],
     "13": ["zero_shot_instances.png", "limits.png"],
     "14": ["14_sam2.png"],
+    "15": ["15_finetune.png"],
 }
 
 # A smaller model than micro in every size a lesson could hard-code (input 96 not 128, grid

@@ -21,8 +21,17 @@ from minisam.modeling.common import erf as erf_float32
 from minisam.modeling.common import source_indices
 
 
-def _sum_leading(dy, keep: int):  # [..., out] -> [out] (keep = 1) or [..., a, b] -> [a, b] (keep = 2)
-    return dy.reshape((-1,) + dy.shape[dy.ndim - keep:]).sum(0)
+def add_grads(total: dict, grads: dict) -> dict:
+    """total += grads, key by key through the nesting: a parameter used in several places (or
+    several training rounds) receives the sum of the gradients of each use."""
+    for k, v in grads.items():
+        if isinstance(v, dict):
+            add_grads(total.setdefault(k, {}), v)
+        elif k in total:
+            total[k] = total[k] + v
+        else:
+            total[k] = v
+    return total
 
 
 # --------------------------------------------------------------------------- linear

@@ -38,23 +38,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from minisam.backward.common import (gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward,
-                                     linear_backward, linear_forward)
+from minisam.backward.common import (add_grads, gelu_backward, gelu_forward, layer_norm_backward,
+                                     layer_norm_forward, linear_backward, linear_forward)
+from minisam.modeling.prompt_encoder import prompt_batch_size
 
 GAUSSIAN = "positional_encoding_gaussian_matrix"
-
-
-def _add_into(total: dict, grads: dict) -> dict:
-    """total += grads, key by key through the nesting: a parameter used in several places
-    receives the sum of the gradients of each use."""
-    for k, v in grads.items():
-        if isinstance(v, dict):
-            _add_into(total.setdefault(k, {}), v)
-        elif k in total:
-            total[k] = total[k] + v
-        else:
-            total[k] = v
-    return total
 
 
 # --------------------------------------------------------------------------- random-Fourier PE
@@ -245,14 +233,7 @@ def prompt_encoder_forward(p, cfg, points: Optional[Tuple[np.ndarray, np.ndarray
     """
     dtype = p["no_mask_embed"]["weight"].dtype
     C, G = cfg.prompt_embed_dim, cfg.image_embedding_size
-    if points is not None:
-        bs = points[0].shape[0]
-    elif boxes is not None:
-        bs = boxes.shape[0]
-    elif masks is not None:
-        bs = masks.shape[0]
-    else:
-        bs = 1
+    bs = prompt_batch_size(points, boxes, masks)
     sparse, cache = [np.empty((bs, 0, C), dtype)], {}  # [B, 0, C]
     if points is not None:
         emb, cache["points"] = embed_points_forward(p, cfg, points[0], points[1], pad=boxes is None)  # [B, Np', C]
@@ -280,7 +261,7 @@ def prompt_encoder_backward(dsparse, ddense, cache):  # [B, Ns, C], [B, C, G, G]
     offset = 0
     for kind, n in zip([k for k in ("points", "boxes") if k in cache], cache["split"]):
         backward = embed_points_backward if kind == "points" else embed_boxes_backward
-        _add_into(grads, backward(dsparse[:, offset:offset + n], cache[kind]))  # [B, n, C]
+        add_grads(grads, backward(dsparse[:, offset:offset + n], cache[kind]))  # [B, n, C]
         offset += n
     if "masks" in cache:
         _, grads["mask_downscaling"] = mask_downscaling_backward(ddense, cache["masks"])

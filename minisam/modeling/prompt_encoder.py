@@ -141,6 +141,17 @@ def mask_downscaling(p, masks, trace: Optional[dict] = None, eps: float = LN2D_E
     return x
 
 
+def prompt_batch_size(points, boxes, masks) -> int:
+    """``PromptEncoder._get_batch_size``: B from the first prompt kind given, else 1."""
+    if points is not None:
+        return points[0].shape[0]
+    if boxes is not None:
+        return boxes.shape[0]
+    if masks is not None:
+        return masks.shape[0]
+    return 1
+
+
 def prompt_encoder(p, cfg, points: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                    boxes: Optional[np.ndarray] = None, masks: Optional[np.ndarray] = None,
                    trace: Optional[dict] = None):
@@ -150,14 +161,7 @@ def prompt_encoder(p, cfg, points: Optional[Tuple[np.ndarray, np.ndarray]] = Non
     masks [B, 1, M, M] low-res logits. Sparse tokens are ordered [points (+pad), box corners].
     """
     C, G = cfg.prompt_embed_dim, cfg.image_embedding_size
-    if points is not None:
-        bs = points[0].shape[0]
-    elif boxes is not None:
-        bs = boxes.shape[0]
-    elif masks is not None:
-        bs = masks.shape[0]
-    else:
-        bs = 1
+    bs = prompt_batch_size(points, boxes, masks)
     sparse = [np.empty((bs, 0, C), np.float32)]  # [B, 0, C]
     if points is not None:
         coords, labels = points

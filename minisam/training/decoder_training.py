@@ -28,24 +28,15 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from minisam.backward.common import upsample_bilinear_backward, upsample_bilinear_forward
+from minisam.backward.common import add_grads, upsample_bilinear_backward, upsample_bilinear_forward
 from minisam.backward.mask_decoder import mask_decoder_backward, mask_decoder_forward
-from minisam.backward.prompt_encoder import _add_into, dense_pe_forward, prompt_encoder_backward, prompt_encoder_forward
+from minisam.backward.prompt_encoder import dense_pe_forward, prompt_encoder_backward, prompt_encoder_forward
 from minisam.training.interactive import (MASK_ONLY, next_click, noisy_box, round_schedule, sample_foreground_point,
                                           use_multimask)
 from minisam.training.losses import sam_loss
 
 #: The parts of the parameter tree this trainer updates.
 TRAINED_PARTS = ("prompt_encoder", "mask_decoder")
-
-
-def add_grads(total: Dict, grads: Dict) -> Dict:
-    """total += grads through the nesting (a parameter used in several rounds sums their gradients)."""
-    return _add_into(total, grads)
-
-
-def scale_grads(grads: Dict, factor: float) -> Dict:
-    return {k: scale_grads(v, factor) if isinstance(v, dict) else v * factor for k, v in grads.items()}
 
 
 def interactive_rounds(params, cfg, embeddings, targets, rng, first_prompt: str, size: int, graded_rounds: int = 4,

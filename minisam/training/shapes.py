@@ -205,6 +205,42 @@ def make_scenes(seed: int, n: int, size: int = 256) -> List[Scene]:
     return [make_scene(rng, size) for _ in range(n)]
 
 
+# Shapes the trained micro model never saw, for fine-tuning (lesson 15, ``minisam finetune``).
+UNSEEN_KINDS = ("cross", "crescent")
+
+
+def make_unseen_scene(rng: np.random.Generator, size: int = 128, min_area: int = 60) -> Scene:
+    """Crosses (two crossing bars) and crescents (a disk minus a shifted disk), 1 to 3 per image,
+    on the textures of :func:`make_scene`; later shapes occlude earlier ones. Object-level masks
+    only, each at least ``min_area`` visible pixels (the list may come out empty)."""
+    yy, xx = _grid(size, size)
+    image = _texture(size, size, rng, _palette(rng) * 0.6)                   # [H, W, 3]
+    masks, kinds = [], []
+    for _ in range(rng.integers(1, 4)):
+        cx, cy = rng.uniform(0.25, 0.75, 2) * size
+        rad = rng.uniform(0.12, 0.22) * size
+        if rng.random() < 0.5:
+            th = rng.uniform(0, np.pi)
+            u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+            v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+            bar = rad * rng.uniform(0.22, 0.35)
+            shape = ((np.abs(u) <= rad) & (np.abs(v) <= bar)) | ((np.abs(v) <= rad) & (np.abs(u) <= bar))
+            kinds.append("cross")
+        else:
+            a = rng.uniform(0, 2 * np.pi)
+            shift = rad * rng.uniform(0.45, 0.7)
+            disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= rad ** 2
+            bite = (xx - cx - shift * np.cos(a)) ** 2 + (yy - cy - shift * np.sin(a)) ** 2 <= (0.85 * rad) ** 2
+            shape = disk & ~bite
+            kinds.append("crescent")
+        colour = _texture(size, size, rng, _palette(rng))
+        image[shape] = colour[shape]
+        masks = [m & ~shape for m in masks] + [shape]
+    keep = [i for i, m in enumerate(masks) if m.sum() >= min_area]
+    return Scene(image=np.clip(image, 0, 255).astype(np.uint8), masks=[masks[i] for i in keep],
+                 levels=["object"] * len(keep), kinds=[kinds[i] for i in keep], objects=list(range(len(keep))))
+
+
 def interior_point(mask: np.ndarray) -> np.ndarray:
     """The most interior pixel of a mask (erode until the next erosion would empty it). [2] (x, y)."""
     m = mask.copy()

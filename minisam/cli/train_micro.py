@@ -29,6 +29,9 @@ def add_parser(sub):
     p.add_argument("--iou-outputs", choices=["all", "best"], default=R["iou_outputs"],
                    help="train the IoU head on all three outputs (SAM 2's supervise_all_iou, default) "
                         "or on the supervised one only")
+    p.add_argument("--scene-min-area", type=int, default=R["scene_min_area"],
+                   help="the scene domain: every part, object and group mask has at least this many visible "
+                        f"pixels (minisam.training.shapes.make_scene's min_area; default {R['scene_min_area']})")
     p.add_argument("--lr", type=float, default=R["lr"])
     p.add_argument("--warmup", type=int, default=R["warmup"], help="warm-up steps (default min(300, steps/10))")
     p.add_argument("--val-every", type=int, default=R["val_every"])
@@ -65,7 +68,7 @@ def run(args) -> int:
     result = train(args.steps, out, seed=args.seed, batch_images=args.batch_images,
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
                    val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps,
-                   iou_outputs=args.iou_outputs, progress=not args.no_progress, resume=bool(args.resume),
+                   iou_outputs=args.iou_outputs, scene_min_area=args.scene_min_area, progress=not args.no_progress, resume=bool(args.resume),
                    max_minutes=args.max_minutes, save_every=args.save_every)
     if not result["finished"]:
         print(f"unfinished: state saved in {out}; continue with: minisam train-micro --resume {out}")

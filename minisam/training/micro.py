@@ -45,7 +45,7 @@ from minisam.training.interactive import (MASK_ONLY, mask_box, next_click, noisy
 # ``warmup=None``: min(300, steps // 10) linear warm-up steps (300 for the shipped 8000).
 SHIPPED_RECIPE = dict(steps=8000, single_round_steps=7500, batch_images=4, masks_per_image=8, lr=8e-4,
                       weight_decay=0.05, warmup=None, graded_rounds=4, clip_grad=1.0, iou_outputs="all",
-                      val_every=500)
+                      val_every=500, scene_min_area=0)
 
 # Scene seeds: training draws from TRAIN_SEED's stream; validation and the held-out evaluation
 # use seeds that training never touches.
@@ -202,7 +202,7 @@ def _val_torch(model, scenes, size):
 
 STATE_NAME = "train_state.pth"   # the resumable state of a run, in out_dir
 RECIPE_KEYS = ("steps", "seed", "batch_images", "masks_per_image", "lr", "weight_decay", "warmup", "val_every",
-               "graded_rounds", "clip_grad", "single_round_steps", "iou_outputs")
+               "graded_rounds", "clip_grad", "single_round_steps", "iou_outputs", "scene_min_area")
 
 
 def _save_state(out_dir, model, opt, step, rng, recipe, cfg, history, runs):
@@ -235,7 +235,8 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
           warmup: Optional[int] = SHIPPED_RECIPE["warmup"], val_every: int = SHIPPED_RECIPE["val_every"],
           graded_rounds: int = SHIPPED_RECIPE["graded_rounds"], clip_grad: Optional[float] = SHIPPED_RECIPE["clip_grad"],
           single_round_steps: int = SHIPPED_RECIPE["single_round_steps"],
-          iou_outputs: str = SHIPPED_RECIPE["iou_outputs"], config=None, on_step=None,
+          iou_outputs: str = SHIPPED_RECIPE["iou_outputs"],
+          scene_min_area: int = SHIPPED_RECIPE["scene_min_area"], config=None, on_step=None,
           threads: Optional[int] = None, progress: bool = True, log=print, resume: bool = False,
           max_minutes: Optional[float] = None, save_every: int = 200) -> Dict:
     """Train :data:`minisam.config.MICRO` for ``steps`` steps; write ``microsam_shapes.pth`` and a
@@ -271,6 +272,7 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         recipe = dict(steps=steps, seed=seed, batch_images=batch_images, masks_per_image=masks_per_image, lr=lr,
                       weight_decay=weight_decay, val_every=val_every, graded_rounds=graded_rounds,
                       clip_grad=clip_grad, single_round_steps=single_round_steps, iou_outputs=iou_outputs,
+                      scene_min_area=scene_min_area,
                       warmup=warmup if warmup is not None else max(1, min(300, steps // 10)))
     steps, seed, warmup = recipe["steps"], recipe["seed"], recipe["warmup"]
     torch.manual_seed(seed)
@@ -289,7 +291,8 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         torch.set_rng_state(state["torch_rng"])
         history, runs, first_step = list(state["history"]), list(state["runs"]), int(state["step"])
     model.train()
-    val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size) for i in range(24)]
+    min_area = recipe.get("scene_min_area", 0)    # the scene domain (make_scene's min_area)
+    val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size, min_area=min_area) for i in range(24)]
     run = {"run": len(runs) + 1, "start_step": first_step, "end_step": first_step, "seconds": 0.0,
            "threads": torch.get_num_threads()}
     runs.append(run)
@@ -299,7 +302,7 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, recipe["lr"], warmup)
-        scenes = [make_scene(rng, size) for _ in range(recipe["batch_images"])]
+        scenes = [make_scene(rng, size, min_area=min_area) for _ in range(recipe["batch_images"])]
         images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()  # [B, 3, H, W]
         embeddings = model.image_encoder(model.preprocess(images))      # [B, C, G, G]
         owner, targets = [], []

@@ -22,6 +22,9 @@ from typing import List
 import numpy as np
 
 KINDS = ("ellipse", "polygon", "star", "rect", "ring")
+# With a minimum mask area the inlays (parts) are drawn larger, 0.35-0.6 of their object's
+# radius instead of 0.25-0.45, so that parts survive the minimum and ambiguity stays in the data.
+PART_SCALE_MIN_AREA = (0.35, 0.6)
 
 
 @dataclass
@@ -102,13 +105,59 @@ def _palette(rng):
     return rng.uniform(20, 235, 3)
 
 
-def make_scene(rng: np.random.Generator, size: int = 256, max_objects: int = 6) -> Scene:
-    """One scene: background, 2..max_objects shapes with occlusion, parts and groups."""
+def make_scene(rng: np.random.Generator, size: int = 256, max_objects: int = 6, min_area: int = 0) -> Scene:
+    """One scene: background, 2..max_objects shapes with occlusion, parts and groups.
+
+    ``min_area`` (visible pixels): every mask of the scene, part, object or group, is at least
+    this large. A shape that would be left smaller (drawn too small, or occluded by later
+    shapes) is not drawn, and neither are its parts and the groups it belongs to; a scene left
+    with no object is drawn again from the same stream. ``min_area=0`` draws every shape (masks
+    of fewer than 20 visible pixels are still left out of the lists), the original domain.
+    """
+    while True:
+        scene = _draw_scene(rng, size, max_objects, min_area)
+        if scene.objects or not min_area:
+            return scene
+
+
+@dataclass
+class _Layer:
+    full: np.ndarray                 # [H, W] bool, the shape as drawn
+    level: str                       # "part" | "object" | "group"
+    kind: str                        # shape kind ("group" for groups)
+    colour: object = None            # base colour [3], None for groups (not painted)
+    parent: int = -1                 # parts: their object; groups: the object they were made from
+    members: tuple = ()              # groups: the painted layers they are the union of
+
+
+def _visible(layers: List[_Layer], drawn: List[bool]) -> List[np.ndarray]:
+    """The visible part of each layer [H, W] bool (all False for a layer not drawn): an object
+    covers what was painted before it (not its own parts); an object includes its parts; a
+    group is its shape where no later object covers it."""
+    visible = [l.full & d for l, d in zip(layers, drawn)]
+    for i, layer in enumerate(layers):
+        if drawn[i] and layer.level == "object":
+            for k in range(i):
+                visible[k] &= ~layer.full
+    for i, layer in enumerate(layers):
+        if drawn[i] and layer.level == "part":
+            visible[i] &= visible[layer.parent] | layer.full
+            visible[layer.parent] |= visible[i]
+    for i, layer in enumerate(layers):
+        if drawn[i] and layer.level == "group":
+            keep = np.ones_like(layer.full)
+            for k in range(i + 1, len(layers)):
+                if drawn[k] and layers[k].level == "object" and layers[k].parent < 0:
+                    keep &= ~layers[k].full
+            visible[i] = layer.full & keep
+    return visible
+
+
+def _draw_scene(rng, size, max_objects, min_area) -> Scene:
     h = w = size
     yy, xx = _grid(h, w)
     image = _texture(h, w, rng, _palette(rng) * 0.6)                     # [H, W, 3]
-    layers = []   # (full mask, level, parent index or None, painted colour)
-    kinds = []    # the shape kind of each layer
+    layers: List[_Layer] = []
     n = int(rng.integers(2, max_objects + 1))
     for _ in range(n):
         r = rng.uniform(0.06, 0.24) * size
@@ -122,25 +171,22 @@ def make_scene(rng: np.random.Generator, size: int = 256, max_objects: int = 6) 
             band = outer & ~hole
             if band.sum() < 30 or hole.sum() < 10:
                 continue
-            layers.append((band, "object", None, base))
-            layers.append((outer, "group", len(layers) - 1, None))     # the ring with its hole
-            kinds += ["ring", "group"]
+            layers.append(_Layer(band, "object", "ring", base))
+            layers.append(_Layer(outer, "group", "group", None, len(layers) - 1, (len(layers) - 1,)))  # ring + hole
             continue
         m = _shape_mask(kind, yy, xx, cx, cy, r, rng)
         if m.sum() < 40:
             continue
-        layers.append((m, "object", None, base))
-        kinds.append(kind)
+        layers.append(_Layer(m, "object", kind, base))
         obj = len(layers) - 1
         if rng.random() < 0.35:          # an inlay: a part inside the object
             ys, xs = np.nonzero(m)
             j = rng.integers(len(ys))
-            pr = r * rng.uniform(0.25, 0.45)
+            pr = r * rng.uniform(*(PART_SCALE_MIN_AREA if min_area else (0.25, 0.45)))
             part_kind = KINDS[rng.integers(0, 4)]
             part = _shape_mask(part_kind, yy, xx, xs[j] + 0.5, ys[j] + 0.5, pr, rng) & m
             if part.sum() >= 25 and (m & ~part).sum() >= 25:
-                layers.append((part, "part", obj, _palette(rng)))
-                kinds.append(part_kind)
+                layers.append(_Layer(part, "part", part_kind, _palette(rng), obj))
         if rng.random() < 0.25:          # a sibling of the same colour family touching it: a group
             ang = rng.uniform(0, 2 * np.pi)
             r2 = r * rng.uniform(0.5, 0.9)
@@ -148,50 +194,38 @@ def make_scene(rng: np.random.Generator, size: int = 256, max_objects: int = 6) 
             sib_kind = KINDS[rng.integers(0, 4)]
             sib = _shape_mask(sib_kind, yy, xx, sx, sy, r2, rng) & ~m
             if sib.sum() >= 40 and (sib & _dilate(m)).any():
-                layers.append((sib, "object", None, np.clip(base + rng.normal(0, 18, 3), 0, 255)))
-                layers.append((m | sib, "group", obj, None))
-                kinds += [sib_kind, "group"]
-    # paint back to front; the visible part of each mask is what later objects leave uncovered
-    full = [l[0] for l in layers]
-    visible = [m.copy() for m in full]
-    for i, (m, level, parent, colour) in enumerate(layers):
-        if colour is None:
-            continue
-        image = np.where(m[..., None], _texture(h, w, rng, colour), image)
-        if level == "object":
-            for k in range(i):   # an object covers what was painted before it (not its own parts)
-                visible[k] &= ~m
-    # objects include their parts; groups are the union of their members' visible pixels
-    for i, (m, level, parent, colour) in enumerate(layers):
-        if level == "part":
-            visible[i] &= visible[parent] | full[i]
-            visible[parent] |= visible[i]
-    for i, (m, level, parent, colour) in enumerate(layers):
-        if level == "group":
-            visible[i] = m & _covered_by_none_after(layers, full, i)
+                layers.append(_Layer(sib, "object", sib_kind, np.clip(base + rng.normal(0, 18, 3), 0, 255)))
+                layers.append(_Layer(m | sib, "group", "group", None, obj, (obj, len(layers) - 1)))
+    drawn = [True] * len(layers)
+    visible = _visible(layers, drawn)
+    while min_area:                      # leave out the smallest mask below min_area, with what depends on it
+        small = [i for i in range(len(layers)) if drawn[i] and visible[i].sum() < min_area]
+        if not small:
+            break
+        gone = min(small, key=lambda i: visible[i].sum())
+        gone = layers[gone].members[0] if layers[gone].level == "group" else gone   # a group: its first member
+        drawn[gone] = False
+        for i, layer in enumerate(layers):
+            if layer.parent == gone or gone in layer.members:
+                drawn[i] = False
+        visible = _visible(layers, drawn)
+    for layer, d in zip(layers, drawn):  # paint back to front
+        if d and layer.colour is not None:
+            image = np.where(layer.full[..., None], _texture(h, w, rng, layer.colour), image)
     image = image + rng.normal(0, rng.uniform(2, 10), image.shape)
     image = np.clip(image, 0, 255).astype(np.uint8)                       # [H, W, 3]
     masks, levels, objects, mask_kinds = [], [], [], []
-    for i, (_, level, _, _) in enumerate(layers):
+    for i, layer in enumerate(layers):
         if visible[i].sum() < 20:
             continue
         if any(np.array_equal(visible[i], m) for m in masks):
             continue
-        if level == "object":
+        if layer.level == "object":
             objects.append(len(masks))
         masks.append(visible[i])
-        levels.append(level)
-        mask_kinds.append(kinds[i])
+        levels.append(layer.level)
+        mask_kinds.append(layer.kind)
     return Scene(image=image, masks=masks, levels=levels, kinds=mask_kinds, objects=objects)
-
-
-def _covered_by_none_after(layers, full, i):
-    """Pixels of group i not covered by objects painted after the group's last member."""
-    keep = np.ones_like(full[i])
-    for k in range(i + 1, len(layers)):
-        if layers[k][1] == "object" and layers[k][2] is None:
-            keep &= ~full[k]
-    return keep
 
 
 def _dilate(m):
@@ -200,9 +234,9 @@ def _dilate(m):
     return out
 
 
-def make_scenes(seed: int, n: int, size: int = 256) -> List[Scene]:
+def make_scenes(seed: int, n: int, size: int = 256, min_area: int = 0) -> List[Scene]:
     rng = np.random.default_rng(seed)
-    return [make_scene(rng, size) for _ in range(n)]
+    return [make_scene(rng, size, min_area=min_area) for _ in range(n)]
 
 
 # Shapes the trained micro model never saw, for fine-tuning (lesson 15, ``minisam finetune``).

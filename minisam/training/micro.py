@@ -238,9 +238,12 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
           iou_outputs: str = SHIPPED_RECIPE["iou_outputs"],
           scene_min_area: int = SHIPPED_RECIPE["scene_min_area"], config=None, on_step=None,
           threads: Optional[int] = None, progress: bool = True, log=print, resume: bool = False,
-          max_minutes: Optional[float] = None, save_every: int = 200) -> Dict:
+          max_minutes: Optional[float] = None, save_every: int = 200, engine: str = "torch") -> Dict:
     """Train :data:`minisam.config.MICRO` for ``steps`` steps; write ``microsam_shapes.pth`` and a
     log to ``out_dir``. The defaults are :data:`SHIPPED_RECIPE`.
+
+    ``engine``: "torch" (the official modules and autograd; this function) or "numpy" (the same
+    recipe without torch: :func:`minisam.training.micro_numpy.train`, which takes the same arguments).
 
     The first ``single_round_steps`` steps supervise the initial prompt only, and give every
     target both a point and a box: two decoder passes on one encoder pass (2.3x the supervised
@@ -255,6 +258,15 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     same as one uninterrupted run. ``train_log.json`` lists the runs and their compute time.
     Returns {"checkpoint": path or None while unfinished, "history", "runs", "finished"}.
     """
+    if engine == "numpy":
+        from minisam.training.micro_numpy import train as train_numpy
+        return train_numpy(steps, out_dir, seed, batch_images, masks_per_image, lr, weight_decay, warmup, val_every,
+                           graded_rounds, clip_grad, single_round_steps, iou_outputs, scene_min_area, config=config,
+                           on_step=on_step, threads=threads, progress=progress, log=log, resume=resume,
+                           max_minutes=max_minutes, save_every=save_every)
+    if engine != "torch":
+        from minisam.errors import MinisamError
+        raise MinisamError(f"train-micro engine must be 'torch' or 'numpy', got {engine!r}")
     import torch
     from tqdm import tqdm
     from minisam.config import make_config
@@ -295,7 +307,8 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size, min_area=min_area) for i in range(24)]
     run = {"run": len(runs) + 1, "start_step": first_step, "end_step": first_step, "seconds": 0.0,
            "threads": torch.get_num_threads()}
-    runs.append(run)
+    if first_step < steps:                          # a finished run resumed only to evaluate adds no run
+        runs.append(run)
     t0 = time.time()
     elapsed_before = sum(r["seconds"] for r in runs[:-1])
     bar = tqdm(range(first_step, steps), desc="train-micro", disable=not progress, initial=first_step, total=steps)
@@ -353,7 +366,7 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         json.dump({"config": cfg.to_dict(), **recipe, "single_round_prompts": ["point", "box"],
                    "threads": torch.get_num_threads(), "runs": runs,
                    "total_seconds": sum(r["seconds"] for r in runs), "history": history}, f)
-    return {"checkpoint": path, "history": history, "runs": runs, "finished": True}
+    return {"checkpoint": path, "history": history, "runs": runs, "finished": True, "recipe": recipe}
 
 
 # The shipped model's quality targets (weights/README.md), on held-out scenes of its domain.
@@ -601,3 +614,41 @@ def sweep_generator_settings(sam, n_scenes: int = 24, seed: int = VAL_SEED, grid
     chosen = max(meeting, key=lambda r: r["recall"] + r["precision"]) if meeting else max(rows, key=margin)
     return {"seed": seed, "scenes": n_scenes, "rows": rows, "chosen": {k: chosen[k] for k in names},
             "chosen_meets_targets": margin(chosen) >= 0}
+
+
+def training_curve_figure(train_log: Dict, path: str, targets: Optional[Dict] = None) -> str:
+    """The validation curve of a run over all its resumed runs (``train_log.json``'s history and
+    runs): best-of-3 point IoU and box IoU against the step, the runs shaded, the phase where the
+    11 interactive rounds start marked, and the learning rate. Writes ``path`` (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    history = train_log["history"]
+    val = [h for h in history if "val_point_iou" in h]
+    fig, (ax, lr_ax) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for i, r in enumerate(train_log["runs"]):
+        ax.axvspan(r["start_step"], r["end_step"], color="0.93" if i % 2 else "0.86", zorder=0)
+        ax.text((r["start_step"] + r["end_step"]) / 2, 0.02, f"run {r['run']}\n{r['seconds'] / 60:.0f} min",
+                ha="center", va="bottom", fontsize=9, transform=ax.get_xaxis_transform())
+    steps = [h["step"] for h in val]
+    ax.plot(steps, [h["val_point_iou"] for h in val], "o-", ms=3, label="point, best of 3")
+    ax.plot(steps, [h["val_box_iou"] for h in val], "s-", ms=3, label="box")
+    for name, key, colour in (("point target", "point_best_of_3_iou", "C0"), ("box target", "box_iou", "C1")):
+        if targets and key in targets:
+            ax.axhline(targets[key], color=colour, ls=":", lw=1, label=f"{name} (held-out)")
+    if train_log.get("single_round_steps", 0) < train_log["steps"]:
+        ax.axvline(train_log["single_round_steps"], color="k", lw=1, ls="--")
+        ax.text(train_log["single_round_steps"], 0.98, " 11 rounds from here", va="top", fontsize=9,
+                transform=ax.get_xaxis_transform())
+    ax.set_ylabel("validation IoU (24 scenes)")
+    total = sum(r["seconds"] for r in train_log["runs"]) / 3600
+    ax.set_title(f"micro: validation IoU over {len(train_log['runs'])} runs, {total:.2f} h of training in all")
+    ax.legend(loc="lower right", fontsize=9)
+    ax.grid(alpha=0.3)
+    lr_ax.plot([h["step"] for h in history], [h["lr"] for h in history], lw=1, color="k")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_xlabel("optimizer step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

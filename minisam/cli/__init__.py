@@ -16,7 +16,7 @@ from typing import List, Optional
 from minisam.errors import MinisamError
 
 # Order shown in --help.
-COMMANDS = ["demo", "segment", "auto", "parity", "weights", "train_micro", "finetune"]
+COMMANDS = ["demo", "segment", "click", "auto", "parity", "weights", "train_micro", "finetune"]
 
 
 class _Parser(argparse.ArgumentParser):

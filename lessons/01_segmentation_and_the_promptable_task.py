@@ -1,42 +1,44 @@
-"""Lesson 01: segmentation, the promptable task, and SAM's three parts as data flows through them.
+# %% [markdown]
+# # Lesson 01: segmentation, the promptable task, and SAM's three parts as data flows through them
+#
+# Deck: "Background knowledge" (segmentation kinds, encoder-decoder models), "Promptable
+# segmentation task" and "Model architecture". Paper: Kirillov et al. 2023, sections 2 and 3.
+#
+# Segmentation partitions an image, pixel by pixel, into regions. Three kinds:
+# - semantic: every pixel gets a *class* (all ellipses are "ellipse"), instances are merged;
+# - instance: every *object* gets its own mask, the background is ignored;
+# - panoptic: both at once: "stuff" (here the background) by class, "things" by instance.
+#
+# SAM solves none of these directly. Its task is *promptable* segmentation: given an image
+# and a prompt (points, a box, a rough mask) return a valid mask for what the prompt points
+# at. "Valid" matters: one click on a shape inside a shape can mean the inner shape, the
+# whole shape, or a group of shapes. SAM answers with three masks and a score for each.
+#
+# The model has three parts in two branches (figure 4 of the paper) that meet only in the decoder:
+# - the image branch: image -> image encoder (a ViT and a neck) -> image embedding [1, C, G, G].
+#   It is the heavy part, and it depends on the image alone: ``SamPredictor.set_image`` runs it
+#   once per image and keeps the embedding for every prompt that follows;
+# - the prompt branch: points, a box and/or a mask -> prompt encoder -> sparse embeddings (one
+#   token per point or box corner, [1, Np, C]) and a dense embedding (the mask prompt, or a
+#   learned "no mask" vector, [1, C, G, G]);
+# - the mask decoder takes both: it adds the dense embedding to the image embedding, lets the
+#   prompt tokens and the image tokens attend to each other, and outputs three masks (low-res
+#   logits [1, 3, 4G, 4G]) and an IoU score for each ([1, 3]). It is light, so each new
+#   prompt costs a fraction of the encoder run: that is why the model is split this way.
+# Below, a synthetic scene goes through both branches, with every shape printed, and the
+# encoder run and one prompt's decoder run are timed.
+#
+# Run:  python lessons/01_segmentation_and_the_promptable_task.py --out out/01
 
-Deck: "Background knowledge" (segmentation kinds, encoder-decoder models), "Promptable
-segmentation task" and "Model architecture". Paper: Kirillov et al. 2023, sections 2 and 3.
-
-Segmentation partitions an image, pixel by pixel, into regions. Three kinds:
-- semantic: every pixel gets a *class* (all ellipses are "ellipse"), instances are merged;
-- instance: every *object* gets its own mask, the background is ignored;
-- panoptic: both at once: "stuff" (here the background) by class, "things" by instance.
-
-SAM solves none of these directly. Its task is *promptable* segmentation: given an image
-and a prompt (points, a box, a rough mask) return a valid mask for what the prompt points
-at. "Valid" matters: one click on a shape inside a shape can mean the inner shape, the
-whole shape, or a group of shapes. SAM answers with three masks and a score for each.
-
-The model has three parts in two branches (figure 4 of the paper) that meet only in the decoder:
-- the image branch: image -> image encoder (a ViT and a neck) -> image embedding [1, C, G, G].
-  It is the heavy part, and it depends on the image alone: ``SamPredictor.set_image`` runs it
-  once per image and keeps the embedding for every prompt that follows;
-- the prompt branch: points, a box and/or a mask -> prompt encoder -> sparse embeddings (one
-  token per point or box corner, [1, Np, C]) and a dense embedding (the mask prompt, or a
-  learned "no mask" vector, [1, C, G, G]);
-- the mask decoder takes both: it adds the dense embedding to the image embedding, lets the
-  prompt tokens and the image tokens attend to each other, and outputs three masks (low-res
-  logits [1, 3, 4G, 4G]) and an IoU score for each ([1, 3]). It is light, so each new
-  prompt costs a fraction of the encoder run: that is why the model is split this way.
-Below, a synthetic scene goes through both branches, with every shape printed, and the
-encoder run and one prompt's decoder run are timed.
-
-Run:  python lessons/01_segmentation_and_the_promptable_task.py --out out/01
-"""
-
+# %%
 import time
 
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("01", __doc__.splitlines()[0])
+args = _lesson.parse_args("01", "Lesson 01: segmentation, the promptable task, and SAM's three parts as "
+                                "data flows through them")
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
@@ -44,7 +46,11 @@ from matplotlib.patches import FancyBboxPatch  # noqa: E402
 from minisam import SamPredictor  # noqa: E402
 from minisam.training.shapes import interior_point, make_scene  # noqa: E402
 
-# --- 1. A scene with ground truth at three levels: parts, objects, groups ---------------
+
+# %% [markdown]
+# ## 1. A scene with ground truth at three levels: parts, objects, groups
+
+# %%
 sam = _lesson.load_model(args)
 S = sam.config.img_size
 scene = make_scene(np.random.default_rng(11), S)
@@ -78,8 +84,13 @@ for ax in axes:
     ax.axis("off")
 _lesson.save(fig, args, "segmentation_kinds.png")
 
-# --- 2. The promptable task: one point, several valid masks -----------------------------
+
+# %% [markdown]
+# ## 2. The promptable task: one point, several valid masks
+#
 # Pick the point inside a part if the scene has one (the ambiguous case), else an object.
+
+# %%
 part = next((i for i, l in enumerate(scene.levels) if l == "part"), scene.objects[0])
 point = interior_point(scene.masks[part]) - 0.5             # [2] (x, y) pixel index
 valid = [i for i, m in enumerate(scene.masks) if m[int(point[1]), int(point[0])]]
@@ -106,8 +117,13 @@ for ax in axes:
     ax.axis("off")
 _lesson.save(fig, args, "promptable_task.png")
 
-# --- 3. Two branches that meet in the decoder, with the shape of every stage -----------
+
+# %% [markdown]
+# ## 3. Two branches that meet in the decoder, with the shape of every stage
+#
 # The image branch, run by hand with a trace so the inner stages can be shown.
+
+# %%
 x = sam.preprocess(predictor.transform.apply_image(scene.image).transpose(2, 0, 1)[None])  # [1, 3, S, S]
 trace = {}
 embedding = sam.image_encoder(x, trace=trace)              # [1, C, G, G]
@@ -144,9 +160,14 @@ _lesson.claim(embedding.shape == (1, c.prompt_embed_dim, G, G) and low.shape == 
               and full.shape[-2:] == scene.image.shape[:2],
               "embedding [1, C, G, G]; low-res logits at 4G; masks back at the image size")
 
-# --- 4. Why split the model: one encoder run per image, then cheap prompts -------------
+
+# %% [markdown]
+# ## 4. Why split the model: one encoder run per image, then cheap prompts
+#
 # The predictor runs the encoder in set_image and never again for the prompts that follow:
 # count the encoder calls over one image and three prompts.
+
+# %%
 encoder_calls = []
 run_encoder = sam.image_encoder
 sam.image_encoder = lambda *a, **k: encoder_calls.append(1) or run_encoder(*a, **k)

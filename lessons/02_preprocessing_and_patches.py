@@ -1,30 +1,31 @@
-"""Lesson 02: from a photo to a grid of patch tokens.
+# %% [markdown]
+# # Lesson 02: from a photo to a grid of patch tokens
+#
+# SAM's image encoder sees one fixed input: an S x S float image (S = 1024 for the official
+# models, 128 for minisam's micro model). Any photo gets there in three steps (Kirillov et al.
+# 2023, appendix A; official ``utils/transforms.py`` and ``modeling/sam.py``; minisam
+# ``minisam/utils/transforms.py``):
+#
+# 1. resize so the LONGEST side is S, keeping the aspect ratio (Pillow bilinear, which
+#    antialiases when shrinking);
+# 2. normalize each channel with the ImageNet mean and std;
+# 3. pad with zeros on the bottom and right up to S x S -- zeros *after* normalization, so
+#    the padding looks like an "average grey" pixel to the network.
+#
+# Then the ViT cuts the square into P x P patches (P = 16 for the official models, 8 for
+# micro) and maps each patch to a D-dim token with one linear layer (a stride-P conv is exactly that), and adds a learned absolute
+# position embedding per grid cell. This lesson runs the real minisam code with the model's
+# own weights (``--model micro`` by default, ``--model vit_b`` / ``--checkpoint PATH`` for
+# the official ones) on a wide crop of a synthetic scene, and draws each step.
+#
+# Run:  python lessons/02_preprocessing_and_patches.py --out out/02
 
-SAM's image encoder sees one fixed input: an S x S float image (S = 1024 for the official
-models, 128 for minisam's micro model). Any photo gets there in three steps (Kirillov et al.
-2023, appendix A; official ``utils/transforms.py`` and ``modeling/sam.py``; minisam
-``minisam/utils/transforms.py``):
-
-1. resize so the LONGEST side is S, keeping the aspect ratio (Pillow bilinear, which
-   antialiases when shrinking);
-2. normalize each channel with the ImageNet mean and std;
-3. pad with zeros on the bottom and right up to S x S -- zeros *after* normalization, so
-   the padding looks like an "average grey" pixel to the network.
-
-Then the ViT cuts the square into P x P patches (P = 16 for the official models, 8 for
-micro) and maps each patch to a D-dim token with one linear layer (a stride-P conv is exactly that), and adds a learned absolute
-position embedding per grid cell. This lesson runs the real minisam code with the model's
-own weights (``--model micro`` by default, ``--model vit_b`` / ``--checkpoint PATH`` for
-the official ones) on a wide crop of a synthetic scene, and draws each step.
-
-Run:  python lessons/02_preprocessing_and_patches.py --out out/02
-"""
-
+# %%
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("02", __doc__.splitlines()[0])
+args = _lesson.parse_args("02", "Lesson 02: from a photo to a grid of patch tokens")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -38,15 +39,24 @@ cfg = sam.config
 S, P, D, G = cfg.img_size, cfg.patch_size, cfg.encoder_embed_dim, cfg.image_embedding_size
 enc = sam.params["image_encoder"]
 
-# --- A "photo" that is not square: a landscape crop (2:3) of a synthetic scene ---------
+
+# %% [markdown]
+# ## A "photo" that is not square: a landscape crop (2:3) of a synthetic scene
+#
 # Scenes come square; cutting a wide band out of one gives the aspect ratio that makes the
 # padding visible. Its own size is unrelated to S, as a photo's would be.
+
+# %%
 scene = make_scene(np.random.default_rng(2), 450)
 photo = to_rgb_uint8(scene.image[75:375])               # [300, 450, 3]; checks dtype and shape
 H, W = photo.shape[:2]
 print("photo", photo.shape, photo.dtype)
 
-# --- Step 1: resize the longest side to S --------------------------------------------
+
+# %% [markdown]
+# ## Step 1: resize the longest side to S
+
+# %%
 resize = ResizeLongestSide(S)
 newh, neww = resize.get_preprocess_shape(H, W, S)
 resized = resize.apply_image(photo)                     # [newh, neww, 3] uint8
@@ -60,7 +70,11 @@ click = np.array([[W * 0.7, H * 0.4]])                  # [1, 2] (x, y) in the p
 moved = resize.apply_coords(click, (H, W))              # [1, 2] (x, y) in the resized image
 print("click (x, y)", click[0], "-> in the resized image", moved[0])
 
-# --- Steps 2 and 3: normalize, then pad with zeros to a square --------------------------
+
+# %% [markdown]
+# ## Steps 2 and 3: normalize, then pad with zeros to a square
+
+# %%
 x = sam.preprocess(resized.transpose(2, 0, 1)[None])    # [1, 3, S, S] float32
 print("model input", x.shape, x.dtype, "| pad rows", S - newh, "cols", S - neww,
       "| all zeros:", bool(np.all(x[:, :, newh:] == 0) and np.all(x[:, :, :, neww:] == 0)))
@@ -71,7 +85,11 @@ _lesson.claim(np.all(x[:, :, newh:] == 0) and np.all(x[:, :, :, neww:] == 0)
               and np.allclose(sam.preprocess(np.broadcast_to(mean_pixel, (3, 2, 2))[None])[0, :, :2, :2], 0),
               "the padding is zeros after normalization, the value a mean-colour pixel gets")
 
-# --- Patches: a PxP stride-P conv == cut into patches, flatten, one matmul --------------
+
+# %% [markdown]
+# ## Patches: a PxP stride-P conv == cut into patches, flatten, one matmul
+
+# %%
 proj = enc["patch_embed"]["proj"]                       # weight [D, 3, P, P], bias [D]
 tokens = patch_embed(enc["patch_embed"], x, P)          # [1, G, G, D]
 print("patch tokens", tokens.shape, f"= a {G}x{G} grid of {D}-dim vectors")
@@ -98,7 +116,11 @@ pos = enc["pos_embed"]                                   # [1, G, G, D]
 print("pos_embed", pos.shape, f"mean |value| {float(np.abs(pos).mean()):.4f}",
       "| tokens + pos_embed:", (tokens + pos).shape)
 
-# --- Figure 1: the three stages of the input --------------------------------------------
+
+# %% [markdown]
+# ## Figure 1: the three stages of the input
+
+# %%
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
 axes[0].imshow(photo)
 axes[0].plot(*click[0], "r+", ms=14, mew=2)
@@ -114,9 +136,14 @@ fig.tight_layout()
 _lesson.save(fig, args, "02_padded_input.png")
 plt.close(fig)
 
-# --- Figure 2: the patch grid, the learned patch filters, the tokens, the positions ------
+
+# %% [markdown]
+# ## Figure 2: the patch grid, the learned patch filters, the tokens, the positions
+#
 # The tokens are drawn by their 3 principal components as RGB: tokens that look alike get
 # alike colours, so the shapes (and the uniform padding) show up in the grid.
+
+# %%
 flat = tokens[0].reshape(G * G, D)                                          # [G*G, D]
 centred = flat - flat.mean(0)                                               # [G*G, D]
 _, _, vt = np.linalg.svd(centred, full_matrices=False)                      # vt [D, D]

@@ -1,43 +1,62 @@
-"""Lesson 03: windowed attention with decomposed relative positions.
+# %% [markdown]
+# # Lesson 03: windowed attention with decomposed relative positions
+#
+# A ViT-B block at SAM's resolution attends over 64 x 64 = 4096 tokens. Full attention in
+# every block would cost 4096^2 scores per head, so SAM follows ViTDet (Li et al. 2022):
+# most blocks attend only inside w x w windows (w = 14 for the official models, 8 for
+# micro), and a few blocks attend globally (lesson 04). Kirillov et al. 2023, appendix A;
+# official ``modeling/image_encoder.py`` Block, Attention, window_partition,
+# add_decomposed_rel_pos; minisam ``minisam/modeling/image_encoder.py``.
+#
+# What happens in a windowed block:
+# 1. LayerNorm, then zero-pad the grid to a multiple of the window (64 -> 70 for the official
+#    models) and cut it into windows. The pad tokens are NOT masked: they go through q/k/v
+#    like any token (a zero token's key and value are the projection's bias, not zero) and
+#    receive attention. They are cropped away after the attention's output projection.
+# 2. In each window, ordinary multi-head attention, with the scale applied to q first ...
+# 3. ... plus a relative-position bias, "decomposed" (MViTv2, Li et al. 2022): for a query at
+#    (y, x) and a key at (y', x') it adds q . Rh[y - y'] + q . Rw[x - x'], two learned tables
+#    of length 2w - 1, read with the UNSCALED q.
+#
+# In one window, for one head with head dimension $d$ (D / nH), a query token at $(y, x)$ and a
+# key token at $(y', x')$, both in $\{0, \dots, w-1\}^2$, steps 2 and 3 compute
+#
+# $$
+# a_{(y,x),(y',x')} = \frac{q_{yx}^{\top} k_{y'x'}}{\sqrt{d}}
+#   + q_{yx}^{\top} R^{H}_{\,y-y'+w-1} + q_{yx}^{\top} R^{W}_{\,x-x'+w-1},
+# \qquad
+# o_{yx} = \sum_{y',x'} \frac{\exp a_{(y,x),(y',x')}}{\sum_{y'',x''} \exp a_{(y,x),(y'',x'')}}\; v_{y'x'}
+# $$
+#
+# with $q, k, v \in \mathbb{R}^{d}$ the rows of the `qkv` projection and
+# $R^{H}, R^{W} \in \mathbb{R}^{(2w-1) \times d}$ the learned tables `rel_pos_h` and `rel_pos_w`
+# (row $y - y' + w - 1$ holds the offset $y - y'$). The bias has the *decomposed* form
+# $b_{(y,x),(y',x')} = \beta^{H}_{yx}[y'] + \beta^{W}_{yx}[x']$: each query computes only $2w$
+# dot products with the tables, `rel_h` [.., w] and `rel_w` [.., w] below, instead of one per key.
+# The cost per head is $(G/w)^2$ windows of $w^2 \times w^2$ scores, $G^2 w^2$ in all, against
+# $G^4$ for attention over the whole grid.
+#
+# This lesson runs the model's own weights (``--model micro`` by default) on a synthetic
+# scene, spells out one window of the deepest windowed block by hand, checks it against the
+# encoder, and draws the windows, the rel-pos bias and every head's attention for a query on
+# an object. How much of each head's attention stays on the query's own object is printed,
+# beside the share of the window that object covers (what uniform attention would give).
+#
+# micro's grid (16) is a multiple of its window (8), so nothing pads there. The last section
+# builds a small encoder with random weights whose window does not divide its grid (grid 10,
+# window 4 -> padded to 12), runs its windowed block, and shows step 1 token by token: the pad
+# tokens are zeros, their keys are the qkv bias, the real queries of the last window give them
+# attention (a hand-built copy of that window matches the block), masking them would change
+# the answer, and the crop gives back the 10 x 10 grid.
+#
+# Run:  python lessons/03_windowed_attention.py --out out/03
 
-A ViT-B block at SAM's resolution attends over 64 x 64 = 4096 tokens. Full attention in
-every block would cost 4096^2 scores per head, so SAM follows ViTDet (Li et al. 2022):
-most blocks attend only inside w x w windows (w = 14 for the official models, 8 for
-micro), and a few blocks attend globally (lesson 04). Kirillov et al. 2023, appendix A;
-official ``modeling/image_encoder.py`` Block, Attention, window_partition,
-add_decomposed_rel_pos; minisam ``minisam/modeling/image_encoder.py``.
-
-What happens in a windowed block:
-1. LayerNorm, then zero-pad the grid to a multiple of the window (64 -> 70 for the official
-   models) and cut it into windows. The pad tokens are NOT masked: they go through q/k/v
-   like any token (a zero token's key and value are the projection's bias, not zero) and
-   receive attention. They are cropped away after the attention's output projection.
-2. In each window, ordinary multi-head attention, with the scale applied to q first ...
-3. ... plus a relative-position bias, "decomposed" (MViTv2, Li et al. 2022): for a query at
-   (y, x) and a key at (y', x') it adds q . Rh[y - y'] + q . Rw[x - x'], two learned tables
-   of length 2w - 1, read with the UNSCALED q.
-
-This lesson runs the model's own weights (``--model micro`` by default) on a synthetic
-scene, spells out one window of the deepest windowed block by hand, checks it against the
-encoder, and draws the windows, the rel-pos bias and every head's attention for a query on
-an object. How much of each head's attention stays on the query's own object is printed,
-beside the share of the window that object covers (what uniform attention would give).
-
-micro's grid (16) is a multiple of its window (8), so nothing pads there. The last section
-builds a small encoder with random weights whose window does not divide its grid (grid 10,
-window 4 -> padded to 12), runs its windowed block, and shows step 1 token by token: the pad
-tokens are zeros, their keys are the qkv bias, the real queries of the last window give them
-attention (a hand-built copy of that window matches the block), masking them would change
-the answer, and the crop gives back the 10 x 10 grid.
-
-Run:  python lessons/03_windowed_attention.py --out out/03
-"""
-
+# %%
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("03", __doc__.splitlines()[0])
+args = _lesson.parse_args("03", "Lesson 03: windowed attention with decomposed relative positions")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -65,7 +84,11 @@ print(f"vit_b: grid {Gb} pads to {Hb} = {Hb // wb}x{Hb // wb} windows of {wb}; "
       f"{1 - Gb * Gb / (Hb * Hb):.0%} of their tokens are padding")
 _lesson.claim(Hb == 70, "for the official models the 64 x 64 grid pads to 70 x 70")
 
-# --- An input: a synthetic scene, preprocessed (lesson 02), through the whole encoder ----
+
+# %% [markdown]
+# ## An input: a synthetic scene, preprocessed (lesson 02), through the whole encoder
+
+# %%
 scene = make_scene(np.random.default_rng(5), S)
 x = sam.preprocess(ResizeLongestSide(S).apply_image(scene.image).transpose(2, 0, 1)[None])  # [1, 3, S, S]
 trace = {}
@@ -76,7 +99,11 @@ normed = trace[f"image_encoder.blocks.{b}.norm1"]              # [1, G, G, D] La
 print(f"block {b}: norm1 output {normed.shape}, attn output (windowed layout) "
       f"{trace[f'image_encoder.blocks.{b}.attn'].shape}")
 
-# --- Step 1: pad and cut into windows -------------------------------------------------
+
+# %% [markdown]
+# ## Step 1: pad and cut into windows
+
+# %%
 windows, (Hp, Wp) = window_partition(normed, w)                # [nW, w, w, D]
 nWx = Wp // w
 print(f"padded grid {Hp}x{Wp} -> windows {windows.shape}",
@@ -148,7 +175,11 @@ for h in range(nH):
     print(f"  head {h}: {probs[h, query][in_win].sum():.2f} of the attention on the object "
           f"(it covers {in_win.mean():.2f} of the window)")
 
-# --- Figure 1: the windows drawn on the image -----------------------------------------
+
+# %% [markdown]
+# ## Figure 1: the windows drawn on the image
+
+# %%
 fig, ax = plt.subplots(figsize=(5.5, 5.5))
 shown = np.full((Hp * P, Wp * P, 3), 0.5)                      # padding shown as grey
 shown[:S, :S] = np.clip(x[0].transpose(1, 2, 0) * 0.25 + 0.5, 0, 1)
@@ -171,7 +202,11 @@ fig.tight_layout()
 _lesson.save(fig, args, "03_windows.png")
 plt.close(fig)
 
-# --- Figure 2: rel-pos table, the bias of one head, and every head's attention ----------
+
+# %% [markdown]
+# ## Figure 2: rel-pos table, the bias of one head, and every head's attention
+
+# %%
 wy0, wx0 = (win // nWx) * w * P, (win % nWx) * w * P           # the window's pixel origin
 crop = shown[wy0:wy0 + w * P, wx0:wx0 + w * P]                  # [w*P, w*P, 3]
 outline = np.zeros((Hp * P, Wp * P))                            # the object's mask, padded
@@ -212,10 +247,15 @@ fig.tight_layout()
 _lesson.save(fig, args, "03_relpos_and_attention.png")
 plt.close(fig)
 
-# --- A grid that pads: a small random encoder whose window does not divide its grid -------
+
+# %% [markdown]
+# ## A grid that pads: a small random encoder whose window does not divide its grid
+#
 # Above, micro's window divides its grid, so nothing was padded. The official models pad (64 -> 70);
 # so does this small encoder with random weights (untrained: what is shown is the arithmetic, which
 # does not depend on the weights), with a grid small enough to look at token by token.
+
+# %%
 tiny_cfg = make_config(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
                        img_size=80, patch_size=8, window_size=4, prompt_embed_dim=32, mask_in_chans=8,
                        decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32)
@@ -332,7 +372,11 @@ _lesson.claim(cropped.shape == (1, grid, grid, dim) and crop_diff <= 1e-5 * np.a
               f"cropping after the attention returns the {grid}x{grid} grid {cropped.shape}, and the block goes on "
               f"with it: norm2(input + cropped) is the model's norm2 (max |diff| {crop_diff:.1e})")
 
-# --- Figure 3: the padding, token by token ----------------------------------------------
+
+# %% [markdown]
+# ## Figure 3: the padding, token by token
+
+# %%
 def hatch_padding(ax, inside, outside):
     """Hatch the part of an outside x outside square (in image coordinates) beyond inside x inside."""
     edge = outside - inside

@@ -1,46 +1,60 @@
-"""Lesson 04: global attention blocks, the neck, and the sizes of ViT-B/L/H.
+# %% [markdown]
+# # Lesson 04: global attention blocks, the neck, and the sizes of ViT-B/L/H
+#
+# Windows (lesson 03) never let information cross a window border. SAM's ViT therefore makes
+# a few of its blocks global (ViT-B: blocks 2, 5, 8, 11; micro: 2 and 5): the same attention
+# with decomposed relative positions, but over the whole G x G grid, so every token sees every
+# other. After the last block, the "neck" turns the D-dim tokens into the C-channel image
+# embedding the mask decoder reads (C = 256 for the official models, 96 for micro):
+# 1x1 conv -> LayerNorm2d -> 3x3 conv -> LayerNorm2d.
+#
+# A global block computes lesson 03's attention with the window replaced by the whole grid: for
+# tokens $(y, x)$ and $(y', x')$ in $\{0, \dots, G-1\}^2$,
+#
+# $$
+# a_{(y,x),(y',x')} = \frac{q_{yx}^{\top} k_{y'x'}}{\sqrt{d}}
+#   + q_{yx}^{\top} R^{H}_{\,y-y'+G-1} + q_{yx}^{\top} R^{W}_{\,x-x'+G-1},
+# \qquad R^{H}, R^{W} \in \mathbb{R}^{(2G-1) \times d},
+# $$
+#
+# softmax over the $G^2$ keys, and $o_{yx} = \sum_{y',x'} \operatorname{softmax}(a_{(y,x),\cdot})_{(y',x')}\, v_{y'x'}$:
+# $G^4$ scores per head instead of $G^2 w^2$ (for ViT-B, $64^4 = 16.8$M against $64^2 \cdot 14^2 = 0.8$M,
+# before the padding to 70).
+# Kirillov et al. 2023, appendix A; official ``modeling/image_encoder.py`` (Block with
+# window_size 0, ImageEncoderViT.neck) and ``modeling/common.py`` (LayerNorm2d); minisam
+# ``minisam/modeling/image_encoder.py``.
+#
+# Memory: a global block at full size holds nH x 4096 x 4096 scores, 805 MB for ViT-B in
+# float32. minisam computes them in chunks of query rows (``image_encoder._SCORE_BUDGET``
+# floats at a time): softmax is per query row, so chunking changes nothing in the result.
+#
+# This lesson runs the whole encoder of the model (``--model micro`` by default) on a
+# synthetic scene with a trace, recomputes the last global block's attention for a query on
+# an object, measures how far each head looks (the mean attention distance of Dosovitskiy et
+# al. 2021, figure 7) and how much of its attention lands on the query's own object, and draws
+# the attention maps and the image embedding. The printed cosine similarities measure how far
+# the embedding separates the query's object from the background.
+#
+# The ViT family. SAM's three image encoders, ViT-B, ViT-L and ViT-H (Kirillov et al. 2023,
+# section 3 and appendix A; the configs are the three builders of the official
+# ``segment_anything/build_sam.py``, here ``minisam/config.py``), are MAE pre-trained ViTs
+# (He et al. 2022) that differ only in depth, width, heads and which blocks are global. The
+# last section tabulates them next to micro, counts their parameters from the tensor shapes the
+# model needs (``config.expected_shapes``: no weights needed), checks the counts against the
+# official checkpoint files and the paper's 632M, and counts the multiply-accumulates (MACs;
+# FLOPs = 2 x MACs) of one image through the encoder from the architecture, checked against a
+# count taken while the encoder code runs. ViT-H needs about 3 x 10^12 MACs per 1024 x 1024
+# image: this is why SAM computes the image embedding once per image and runs only the
+# 4M-parameter prompt encoder and mask decoder for each prompt.
+#
+# Run:  python lessons/04_global_attention_and_neck.py --out out/04
 
-Windows (lesson 03) never let information cross a window border. SAM's ViT therefore makes
-a few of its blocks global (ViT-B: blocks 2, 5, 8, 11; micro: 2 and 5): the same attention
-with decomposed relative positions, but over the whole G x G grid, so every token sees every
-other. After the last block, the "neck" turns the D-dim tokens into the C-channel image
-embedding the mask decoder reads (C = 256 for the official models, 96 for micro):
-1x1 conv -> LayerNorm2d -> 3x3 conv -> LayerNorm2d.
-Kirillov et al. 2023, appendix A; official ``modeling/image_encoder.py`` (Block with
-window_size 0, ImageEncoderViT.neck) and ``modeling/common.py`` (LayerNorm2d); minisam
-``minisam/modeling/image_encoder.py``.
-
-Memory: a global block at full size holds nH x 4096 x 4096 scores, 805 MB for ViT-B in
-float32. minisam computes them in chunks of query rows (``image_encoder._SCORE_BUDGET``
-floats at a time): softmax is per query row, so chunking changes nothing in the result.
-
-This lesson runs the whole encoder of the model (``--model micro`` by default) on a
-synthetic scene with a trace, recomputes the last global block's attention for a query on
-an object, measures how far each head looks (the mean attention distance of Dosovitskiy et
-al. 2021, figure 7) and how much of its attention lands on the query's own object, and draws
-the attention maps and the image embedding. The printed cosine similarities measure how far
-the embedding separates the query's object from the background.
-
-The ViT family. SAM's three image encoders, ViT-B, ViT-L and ViT-H (Kirillov et al. 2023,
-section 3 and appendix A; the configs are the three builders of the official
-``segment_anything/build_sam.py``, here ``minisam/config.py``), are MAE pre-trained ViTs
-(He et al. 2022) that differ only in depth, width, heads and which blocks are global. The
-last section tabulates them next to micro, counts their parameters from the tensor shapes the
-model needs (``config.expected_shapes``: no weights needed), checks the counts against the
-official checkpoint files and the paper's 632M, and counts the multiply-accumulates (MACs;
-FLOPs = 2 x MACs) of one image through the encoder from the architecture, checked against a
-count taken while the encoder code runs. ViT-H needs about 3 x 10^12 MACs per 1024 x 1024
-image: this is why SAM computes the image embedding once per image and runs only the
-4M-parameter prompt encoder and mask decoder for each prompt.
-
-Run:  python lessons/04_global_attention_and_neck.py --out out/04
-"""
-
+# %%
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("04", __doc__.splitlines()[0])
+args = _lesson.parse_args("04", "Lesson 04: global attention blocks, the neck, and the sizes of ViT-B/L/H")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -62,7 +76,11 @@ print(f"grid {G}x{G}; blocks 0..{cfg.encoder_depth - 1}, global: {globals_}; {nH
 scene = make_scene(np.random.default_rng(5), S)
 x = sam.preprocess(ResizeLongestSide(S).apply_image(scene.image).transpose(2, 0, 1)[None])  # [1, 3, S, S]
 
-# --- The whole encoder, with a trace of every official module output -------------------
+
+# %% [markdown]
+# ## The whole encoder, with a trace of every official module output
+
+# %%
 trace = {}
 emb = sam.image_encoder(x, trace=trace)                          # [1, C, G, G]
 for gb in globals_:
@@ -131,9 +149,14 @@ for h in range(nH):
     print(f"  head {h}: {probs[h][on_obj].sum():.2f} of the attention on the object "
           f"(it covers {on_obj.mean():.2f} of the image)")
 
-# --- Figure 1: what the last global block's heads look at --------------------------------
+
+# %% [markdown]
+# ## Figure 1: what the last global block's heads look at
+#
 # The query, the head that keeps most of its attention on the query's object, the head that
 # keeps least, and how far every head of every global block looks on average.
+
+# %%
 shown = np.clip(x[0].transpose(1, 2, 0) * 0.25 + 0.5, 0, 1)                # [S, S, 3] for display
 share_on_obj = probs[:, on_obj].sum(-1)                                    # [nH]
 focused, spread = int(np.argmax(share_on_obj)), int(np.argmin(share_on_obj))
@@ -170,7 +193,11 @@ fig.tight_layout()
 _lesson.save(fig, args, "04_global_attention.png")
 plt.close(fig)
 
-# --- Figure 2: every head of the last global block, for the same query ------------------
+
+# %% [markdown]
+# ## Figure 2: every head of the last global block, for the same query
+
+# %%
 cols = min(nH, 4)
 rows = -(-nH // cols)
 fig, axes = plt.subplots(rows, cols, figsize=(8.8, 2.3 * rows + 0.7), squeeze=False, layout="constrained")
@@ -202,9 +229,14 @@ _lesson.claim(np.abs(chunked - emb).max() <= 1e-6 * np.abs(emb).max(),
               "chunking the query rows of global attention leaves the embedding unchanged (to float32 rounding)")
 print("embedding with 7-row chunks vs whole: max |diff| =", float(np.abs(chunked - emb).max()))
 
-# --- The image embedding: do tokens of one object look alike? ---------------------------
+
+# %% [markdown]
+# ## The image embedding: do tokens of one object look alike?
+#
 # Every token shares a large common part (the LayerNorm2d bias, among others): compare what
 # is left after removing the image's mean token, or every pair looks alike.
+
+# %%
 feat = emb[0].reshape(C, G * G).T                                          # [G*G, C]
 centred = feat - feat.mean(0)                                              # [G*G, C]
 unit = centred / (np.linalg.norm(centred, axis=1, keepdims=True) + 1e-9)   # [G*G, C]
@@ -215,10 +247,15 @@ for m in scene.instance_masks:
 print(f"embedding (mean token removed) cosine similarity to the query token: same object {cos[on_obj].mean():.2f}, "
       f"background {cos[background].mean():.2f}")
 
-# --- Figure 3: the image embedding (after the neck) ------------------------------------
+
+# %% [markdown]
+# ## Figure 3: the image embedding (after the neck)
+#
 # Its 3 principal components as RGB, the query's cosine similarity to every token, and the
 # 6 channels that vary most across the image. A frame one token wide often stands out: at the
 # border the neck's 3x3 conv reads its zero padding.
+
+# %%
 _, _, vt = np.linalg.svd(centred, full_matrices=False)                     # vt [C, C]
 pc = centred @ vt[:3].T                                                    # [G*G, 3]
 pc = (pc - pc.min(0)) / (np.ptp(pc, 0) + 1e-9)
@@ -244,10 +281,15 @@ fig.tight_layout()
 _lesson.save(fig, args, "04_embedding_channels.png")
 plt.close(fig)
 
-# --- The ViT family: sizes, parameters, multiply-accumulates ------------------------------
+
+# %% [markdown]
+# ## The ViT family: sizes, parameters, multiply-accumulates
+#
 # The three official encoders (build_sam.py: build_sam_vit_b/l/h) share everything but depth,
 # width, heads and the global block indexes; micro is minisam's small model. A model the
 # lesson runs on from --checkpoint gets a column of its own.
+
+# %%
 family = dict(PRESETS)
 if cfg not in family.values():
     family["this model"] = cfg
@@ -454,7 +496,11 @@ _lesson.claim(global_share == formula_share and global_share > n_global / b_cfg.
               f"{per_global / 1e9:.1f} G each against {per_windowed / 1e9:.1f} G for a windowed block on the padded "
               f"70 x 70 grid")
 
-# --- Figure 4: the family as a table, and where each encoder's MACs go --------------------
+
+# %% [markdown]
+# ## Figure 4: the family as a table, and where each encoder's MACs go
+
+# %%
 fig, (table_ax, bars_ax) = plt.subplots(2, 1, figsize=(8.8, 8.6), gridspec_kw=dict(height_ratios=[1.35, 1]))
 table_ax.axis("off")
 cells = table_ax.table(cellText=table, rowLabels=[label for label, _ in rows], colLabels=list(family),

@@ -1,35 +1,62 @@
-"""Lesson 05: the prompt encoder: where things are, and what they are.
+# %% [markdown]
+# # Lesson 05: the prompt encoder: where things are, and what they are
+#
+# SAM's decoder reads prompts as tokens of C numbers, C = prompt_embed_dim (256 for vit_b, 96
+# for the micro model) (Kirillov et al. 2023, section 3, "Prompt encoder"; official
+# ``modeling/prompt_encoder.py``; minisam ``minisam/modeling/prompt_encoder.py``).
+#
+# - WHERE: a location (x, y) becomes a random-Fourier feature (Tancik et al. 2020): map it to
+#   [-1, 1]^2, project it on C/2 random directions (a fixed 2 x C/2 Gaussian matrix stored in
+#   the checkpoint, never trained), and take sin and cos of 2 pi times each projection: C
+#   numbers whose dot product with another location's features falls off with distance. Plain
+#   (x, y) numbers would give the network only two inputs; these give it many frequencies.
+# - WHAT: a learned vector is added: foreground point, background point, box top-left or
+#   box bottom-right corner. A padding "not a point" token (zeroed PE + its own vector) is
+#   appended when there is no box, as in training.
+# - The same PE evaluated at the centre of each of the G x G embedding cells (64 x 64 for
+#   vit_b, 16 x 16 for micro) is the *dense* PE that the decoder adds to the image embedding,
+#   so prompts and pixels speak the same positional language.
+# - Mask prompts (low-res logits of a previous prediction, 4G x 4G) go through two strided
+#   2x2 convs (LayerNorm2d + GELU) and a 1x1 conv down to C x G x G, added to the image
+#   embedding. Without a mask a learned "no mask" vector is added everywhere.
+#
+# In symbols (official ``PositionEmbeddingRandom``): a point at pixel $(x, y)$ of the
+# $S \times S$ input is first moved to its pixel centre and scaled to $[-1, 1]^2$,
+#
+# $$
+# \tilde p = 2 \left( \frac{x + 0.5}{S},\ \frac{y + 0.5}{S} \right) - 1, \qquad
+# \gamma(\tilde p) = \Big[ \sin\!\big(2\pi\, \tilde p^{\top} B\big),\ \cos\!\big(2\pi\, \tilde p^{\top} B\big) \Big]
+# \in \mathbb{R}^{C},
+# $$
+#
+# with $B \in \mathbb{R}^{2 \times C/2}$ the fixed Gaussian matrix (standard normal entries at
+# initialization). A point token is $\gamma(\tilde p) + e_{\text{label}}$ ($e_1$ foreground, $e_0$
+# background), a box gives $\gamma(\tilde p_{\text{top-left}}) + e_2$ and
+# $\gamma(\tilde p_{\text{bottom-right}}) + e_3$, and the padding token is $e_{\text{not a point}}$ alone.
+# The dense PE is $\gamma$ at the cell centres $\big(\tfrac{j + 0.5}{G}, \tfrac{i + 0.5}{G}\big)$ (before
+# the same $2 \cdot - 1$ map). Each sine-cosine pair has norm 1, so $\lVert \gamma \rVert^2 = C/2$, and
+# the dot product of two encodings depends only on their offset $\delta = \tilde p - \tilde p'$:
+#
+# $$
+# \frac{\gamma(\tilde p)^{\top} \gamma(\tilde p')}{\lVert \gamma(\tilde p) \rVert\, \lVert \gamma(\tilde p') \rVert}
+# = \frac{2}{C} \sum_{j=1}^{C/2} \cos\!\big(2\pi\, \delta^{\top} b_j\big)
+# \;\approx\; \mathbb{E}_{b \sim \mathcal{N}(0, I)} \cos\!\big(2\pi\, \delta^{\top} b\big)
+# = e^{-2\pi^2 \lVert \delta \rVert^2},
+# $$
+#
+# a bump around $\delta = 0$ ($b_j$ the columns of $B$): section 2 below measures it.
+#
+# Everything below runs on the default model (``--model micro``; ``--model vit_b`` or
+# ``--checkpoint PATH`` for the official weights), on a synthetic scene of shapes.
+#
+# Run:  python lessons/05_prompt_encoder.py --out out/05
 
-SAM's decoder reads prompts as tokens of C numbers, C = prompt_embed_dim (256 for vit_b, 96
-for the micro model) (Kirillov et al. 2023, section 3, "Prompt encoder"; official
-``modeling/prompt_encoder.py``; minisam ``minisam/modeling/prompt_encoder.py``).
-
-- WHERE: a location (x, y) becomes a random-Fourier feature (Tancik et al. 2020): map it to
-  [-1, 1]^2, project it on C/2 random directions (a fixed 2 x C/2 Gaussian matrix stored in
-  the checkpoint, never trained), and take sin and cos of 2 pi times each projection: C
-  numbers whose dot product with another location's features falls off with distance. Plain
-  (x, y) numbers would give the network only two inputs; these give it many frequencies.
-- WHAT: a learned vector is added: foreground point, background point, box top-left or
-  box bottom-right corner. A padding "not a point" token (zeroed PE + its own vector) is
-  appended when there is no box, as in training.
-- The same PE evaluated at the centre of each of the G x G embedding cells (64 x 64 for
-  vit_b, 16 x 16 for micro) is the *dense* PE that the decoder adds to the image embedding,
-  so prompts and pixels speak the same positional language.
-- Mask prompts (low-res logits of a previous prediction, 4G x 4G) go through two strided
-  2x2 convs (LayerNorm2d + GELU) and a 1x1 conv down to C x G x G, added to the image
-  embedding. Without a mask a learned "no mask" vector is added everywhere.
-
-Everything below runs on the default model (``--model micro``; ``--model vit_b`` or
-``--checkpoint PATH`` for the official weights), on a synthetic scene of shapes.
-
-Run:  python lessons/05_prompt_encoder.py --out out/05
-"""
-
+# %%
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("05", __doc__.splitlines()[0])
+args = _lesson.parse_args("05", "Lesson 05: the prompt encoder: where things are, and what they are")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -48,9 +75,14 @@ print(f"C = {C} channels per token, G x G = {G} x {G} embedding grid, input {S} 
       f"mask prompts {M} x {M}")
 print(f"Gaussian matrix: {gauss.shape} (2 coordinates x {C // 2} random directions)")
 
-# --- 1. The dense PE: one C-vector per cell of the G x G embedding grid -------------------
+
+# %% [markdown]
+# ## 1. The dense PE: one C-vector per cell of the G x G embedding grid
+#
 # Each sin/cos pair is a plane wave across the image; the length of its Gaussian direction
 # |g| is its spatial frequency. Low frequencies tell coarse position, high ones fine position.
+
+# %%
 pe = dense_pe(p, cfg)                                             # [C, G, G]
 print(f"dense PE: {pe.shape}  (channels 0..{C // 2 - 1} = sin, {C // 2}..{C - 1} = cos)")
 print(f"sam.get_dense_pe(): {sam.get_dense_pe().shape}, same numbers with a batch axis")
@@ -81,9 +113,14 @@ fig.tight_layout()
 _lesson.save(fig, args, "05_dense_pe_channels.png")
 plt.close(fig)
 
-# --- 2. Why random Fourier features: similarity falls off with distance -------------------
+
+# %% [markdown]
+# ## 2. Why random Fourier features: similarity falls off with distance
+#
 # Cosine similarity between the PE of one cell and every other cell: a bump centred on the
 # cell, the same shape wherever the cell is (the kernel depends on the offset only).
+
+# %%
 flat_pe = pe.reshape(C, G * G)                                    # [C, N], N = G*G cells
 unit = flat_pe / np.linalg.norm(flat_pe, axis=0, keepdims=True)   # [C, N] unit vectors
 refs = [(G // 8, G // 8), (G // 2, G // 2), ((3 * G) // 4, G // 3)]   # (row, col) cells
@@ -115,9 +152,14 @@ print(f"PE similarity at 0, 1 cell, 4 cells from the centre: {means[0]:.2f}, "
 _lesson.claim(means[0] > np.interp(4 * S / G, edges[:-1], means),
               "PE similarity falls off with distance: nearer pixels are more alike than 4 cells away")
 
-# --- 3. Sparse tokens: points and a box on a real scene -----------------------------------
+
+# %% [markdown]
+# ## 3. Sparse tokens: points and a box on a real scene
+#
 # The predictor maps points from the original image to the model's input frame
 # (ResizeLongestSide); the scene here is already S x S, so that map is the identity.
+
+# %%
 scene = make_scene(np.random.default_rng(3), S)
 target = scene.masks[scene.objects[0]]                            # [S, S] bool, one object
 background = ~np.logical_or.reduce(scene.masks)                   # [S, S] no shape at all
@@ -148,9 +190,14 @@ _lesson.claim(np.allclose(sparse[0, 0] - bare[0], p["point_embeddings"][1]["weig
               and np.allclose(sparse_box[0] - corner_pe, corners, atol=1e-5),
               "a token is the PE of its location plus a learned vector for what it is; the pad has no PE")
 
-# --- 4. A mask prompt: the previous prediction's low-res logits -> C x G x G ---------------
+
+# %% [markdown]
+# ## 4. A mask prompt: the previous prediction's low-res logits -> C x G x G
+#
 # In use (and in training, lesson 10) the mask prompt is the low-res logits the decoder
 # returned for the previous click: M x M = 4G x 4G, brought down 4x to the embedding grid.
+
+# %%
 predictor = SamPredictor(sam)
 predictor.set_image(scene.image)
 print(f"image embedding: {predictor.get_image_embedding().shape}")

@@ -1,36 +1,66 @@
-"""Lesson 06: the two-way transformer: prompts read the image, the image reads the prompts.
+# %% [markdown]
+# # Lesson 06: the two-way transformer: prompts read the image, the image reads the prompts
+#
+# The mask decoder (Kirillov et al. 2023, section 3 and appendix A, figure 14; official
+# ``modeling/transformer.py``; minisam ``minisam/modeling/transformer.py``) works on two sets of tokens:
+# - T prompt-side tokens: 1 IoU token + 4 mask tokens (learned) + the sparse prompt tokens
+#   (lesson 05);
+# - N = G x G image tokens (64 x 64 = 4096 for vit_b, 16 x 16 = 256 for micro): the image
+#   embedding plus the dense prompt embedding.
+# Each of the 2 blocks runs, in order:
+#   1. self-attention among the T tokens (block 0: no residual and no PE, it *replaces* them);
+#   2. token -> image cross-attention: each token is a query over the N image positions
+#      (q = token + its PE, k = image + dense PE, v = image *without* PE);
+#   3. an MLP on the tokens (C -> decoder_mlp_dim -> C, ReLU);
+#   4. image -> token cross-attention: each image position queries the T tokens, so the image
+#      embedding is updated by the prompt (this is what makes the mask depend on the prompt).
+# After the blocks, one more token -> image attention and a LayerNorm. The positional
+# encodings are re-added before *every* attention: the prompt tokens' original values stand
+# in as their PE. Cross-attentions work in C/2 channels (downsample rate 2), 8 heads.
+#
+# In symbols: $t \in \mathbb{R}^{T \times C}$ the tokens, $x \in \mathbb{R}^{N \times C}$ the image
+# tokens, $P_t$ the tokens' PE (the prompt tokens as they entered the decoder) and $P_x$ the dense
+# PE. One attention with $h$ heads, working in $C_i$ channels ($C_i = C$ for self-attention,
+# $C/2$ for the cross-attentions), each head of $d = C_i / h$ channels:
+#
+# $$
+# \operatorname{Attn}(Q, K, V) = \Big[ \operatorname{softmax}\!\Big( \frac{(Q W_q)_j\, (K W_k)_j^{\top}}{\sqrt{d}} \Big)
+#   (V W_v)_j \Big]_{j=1}^{h} W_o
+# $$
+#
+# ($W_q, W_k, W_v \in \mathbb{R}^{C \times C_i}$, $W_o \in \mathbb{R}^{C_i \times C}$, all with biases; $(\cdot)_j$
+# the $j$-th group of $d$ columns; the softmax runs over the keys). A block's four steps are then
+#
+# $$
+# \begin{aligned}
+# 1.\quad t &\leftarrow \operatorname{LN}_1\big(t + \operatorname{Attn}_{\text{self}}(t + P_t,\ t + P_t,\ t)\big)
+#   && \text{(block 0: } t \leftarrow \operatorname{LN}_1(\operatorname{Attn}_{\text{self}}(t, t, t))\text{)} \\
+# 2.\quad t &\leftarrow \operatorname{LN}_2\big(t + \operatorname{Attn}_{t \to x}(t + P_t,\ x + P_x,\ x)\big) \\
+# 3.\quad t &\leftarrow \operatorname{LN}_3\big(t + \max(0,\ t W_1 + b_1)\, W_2 + b_2\big) \\
+# 4.\quad x &\leftarrow \operatorname{LN}_4\big(x + \operatorname{Attn}_{x \to t}(x + P_x,\ t + P_t,\ t)\big)
+# \end{aligned}
+# $$
+#
+# and after the last block, once more,
+# $t \leftarrow \operatorname{LN}\big(t + \operatorname{Attn}_{t \to x}(t + P_t,\ x + P_x,\ x)\big)$.
+# The LayerNorms come *after* each residual sum (post-norm), unlike the image encoder's pre-norm
+# blocks. Section 2b computes these four lines by hand.
+#
+# The figures show the softmax weights of token -> image attention for the point token, per
+# layer and head, as G x G maps over the image, and where the image looks at each token. The
+# model is the default one (``--model micro``, trained on synthetic shapes; ``--model vit_b``
+# for the official weights) and the image a synthetic scene: with trained weights some heads
+# look at the clicked shape, others at its border or at the rest of the scene.
+#
+# Run:  python lessons/06_two_way_transformer.py --out out/06
 
-The mask decoder (Kirillov et al. 2023, section 3 and appendix A, figure 14; official
-``modeling/transformer.py``; minisam ``minisam/modeling/transformer.py``) works on two sets of tokens:
-- T prompt-side tokens: 1 IoU token + 4 mask tokens (learned) + the sparse prompt tokens
-  (lesson 05);
-- N = G x G image tokens (64 x 64 = 4096 for vit_b, 16 x 16 = 256 for micro): the image
-  embedding plus the dense prompt embedding.
-Each of the 2 blocks runs, in order:
-  1. self-attention among the T tokens (block 0: no residual and no PE, it *replaces* them);
-  2. token -> image cross-attention: each token is a query over the N image positions
-     (q = token + its PE, k = image + dense PE, v = image *without* PE);
-  3. an MLP on the tokens (C -> decoder_mlp_dim -> C, ReLU);
-  4. image -> token cross-attention: each image position queries the T tokens, so the image
-     embedding is updated by the prompt (this is what makes the mask depend on the prompt).
-After the blocks, one more token -> image attention and a LayerNorm. The positional
-encodings are re-added before *every* attention: the prompt tokens' original values stand
-in as their PE. Cross-attentions work in C/2 channels (downsample rate 2), 8 heads.
-
-The figures show the softmax weights of token -> image attention for the point token, per
-layer and head, as G x G maps over the image, and where the image looks at each token. The
-model is the default one (``--model micro``, trained on synthetic shapes; ``--model vit_b``
-for the official weights) and the image a synthetic scene: with trained weights some heads
-look at the clicked shape, others at its border or at the rest of the scene.
-
-Run:  python lessons/06_two_way_transformer.py --out out/06
-"""
-
+# %%
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("06", __doc__.splitlines()[0])
+args = _lesson.parse_args("06", "Lesson 06: the two-way transformer: prompts read the image, the image "
+                                "reads the prompts")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -42,7 +72,11 @@ sam = _lesson.load_model(args)
 cfg = sam.config
 C, G, S, K = cfg.prompt_embed_dim, cfg.image_embedding_size, cfg.img_size, cfg.num_mask_tokens
 
-# --- 1. One image, one click: run the decoder with a trace --------------------------------
+
+# %% [markdown]
+# ## 1. One image, one click: run the decoder with a trace
+
+# %%
 scene = make_scene(np.random.default_rng(16), S)
 obj = max(scene.objects, key=lambda i: scene.masks[i].sum())     # the largest object
 target = scene.masks[obj]                                         # [S, S] bool, the clicked object
@@ -58,7 +92,11 @@ T = 1 + K + sparse.shape[1]
 print(f"tokens: 1 IoU + {K} mask + {sparse.shape[1]} prompt (point + padding) = {T}; "
       f"image tokens: {G} x {G} = {G * G}")
 
-# --- 2. Every stage of the two blocks, with its shape --------------------------------------
+
+# %% [markdown]
+# ## 2. Every stage of the two blocks, with its shape
+
+# %%
 t = "mask_decoder.transformer"
 for i in range(cfg.decoder_depth):
     L = f"{t}.layers.{i}"
@@ -83,9 +121,14 @@ _lesson.claim(cfg.attention_downsample_rate == 2 and q.shape[-1] == k.shape[-1] 
               and cfg.decoder_num_heads == 8,
               f"the cross-attentions work in {q.shape[-1]} = C/2 channels, {cfg.decoder_num_heads} heads")
 
-# --- 2b. The same steps spelled out in numpy, from the transformer's inputs ---------------
+
+# %% [markdown]
+# ## 2b. The same steps spelled out in numpy, from the transformer's inputs
+#
 # The trace comes from minisam's fused decoder (minisam.kernels); here each step of the list
 # at the top is written again from the weights, and every intermediate compared with it.
+
+# %%
 pd = sam.params["mask_decoder"]
 tokens = np.concatenate([pd["iou_token"]["weight"], pd["mask_tokens"]["weight"], sparse[0]])[None]   # [1, T, C]
 dense = trace["prompt_encoder"][1]                                                # [1, C, G, G]
@@ -175,8 +218,13 @@ _lesson.claim(max(errors.values()) <= 1e-5,
               f"and the original tokens as their PE, are the model's transformer: worst step "
               f"{max(errors, key=errors.get)} at {max(errors.values()):.1e} of max")
 
-# --- 3. Token -> image attention of the point token, per layer and head -------------------
+
+# %% [markdown]
+# ## 3. Token -> image attention of the point token, per layer and head
+#
 # Each map is one row of a softmax: it sums to 1 over the N image positions.
+
+# %%
 names = [f"{t}.layers.{i}.cross_attn_token_to_image" for i in range(cfg.decoder_depth)]
 names.append(f"{t}.final_attn_token_to_image")
 heads = cfg.decoder_num_heads
@@ -217,8 +265,13 @@ if args.checkpoint is None:   # the registered models are trained; a --checkpoin
                   f"{masses.max():.2f} and as little as {masses.min():.2f} of the point token's attention "
                   f"falls on the object, which covers {share:.2f} of the cells")
 
-# --- 4. Image -> token attention: which token does each image position read? --------------
+
+# %% [markdown]
+# ## 4. Image -> token attention: which token does each image position read?
+#
 # Here the softmax runs over the T tokens, so at every position the T maps sum to 1.
+
+# %%
 w = trace[f"{t}.layers.0.cross_attn_image_to_token.attn_weights"][0].mean(0)   # [h, N, T] -> [N, T]
 print(f"image -> token weights, layer 0, mean over heads: {w.shape}; sums over tokens "
       f"{w.sum(-1).min():.4f}..{w.sum(-1).max():.4f}")

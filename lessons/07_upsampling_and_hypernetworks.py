@@ -1,34 +1,56 @@
-"""Lesson 07: from tokens to pixels: upscaling and hypernetworks.
+# %% [markdown]
+# # Lesson 07: from tokens to pixels: upscaling and hypernetworks
+#
+# After the two-way transformer (lesson 06) the decoder holds an updated image embedding
+# (C x G x G: 256 x 64 x 64 for vit_b, 96 x 16 x 16 for micro) and updated output tokens.
+# Masks come out in two moves (Kirillov et al. 2023, section 3 "Mask decoder", appendix A;
+# official ``modeling/mask_decoder.py`` predict_masks; minisam ``minisam/modeling/mask_decoder.py``):
+#
+# 1. Upscale the image embedding 4x with two transposed convolutions, kernel 2 stride 2
+#    (C -> C/4 channels at 2G x 2G, LayerNorm2d, GELU; -> C/8 channels at 4G x 4G, GELU;
+#    for vit_b 256 -> 64 -> 32 channels, 64 -> 128 -> 256 pixels).
+#    With kernel = stride = 2 the patches do not overlap: every input pixel paints its own 2x2
+#    output patch, so each transposed conv is a single matrix product.
+# 2. Each of the 4 mask tokens goes through its own 3-layer MLP (a "hypernetwork") to a
+#    C/8-vector. The mask logits are the dot product of that vector with the C/8 upscaled
+#    channels at every pixel: a 1x1 convolution whose weights are *computed from the prompt*.
+#    One matrix product makes all 4 masks: [4, C/8] @ [C/8, 4G * 4G].
+#
+# In symbols, with $x \in \mathbb{R}^{C \times G \times G}$ the image embedding after the transformer and
+# $t_k \in \mathbb{R}^{C}$ the $k$-th mask token after it:
+#
+# $$
+# \begin{aligned}
+# E &= \operatorname{GELU}\Big(\operatorname{ConvT}_2\big(
+#   \operatorname{GELU}(\operatorname{LN2d}(\operatorname{ConvT}_1(x)))\big)\Big)
+#   \in \mathbb{R}^{C/8 \times 4G \times 4G}, \\
+# \operatorname{ConvT}(x)_{o,\,2i+a,\,2j+b} &= \beta_o + \sum_{c} x_{c,i,j}\, W_{c,o,a,b}
+#   \qquad (a, b \in \{0, 1\}), \\
+# w_k &= \operatorname{MLP}_k(t_k) \in \mathbb{R}^{C/8}
+#   \qquad (\text{Linear, ReLU, Linear, ReLU, Linear}), \\
+# m_k[i, j] &= w_k^{\top} E_{:,i,j} = \sum_{c=1}^{C/8} w_{k,c}\, E_{c,i,j},
+#   \qquad\text{all at once: } M = W\, E_{\text{flat}},\ W = [w_1; \dots; w_4] \in \mathbb{R}^{4 \times C/8}.
+# \end{aligned}
+# $$
+#
+# $E$ is shared by the four masks (it depends on the prompt only through the image -> token
+# attention of lesson 06); they differ only by the weights $w_k$ with which they mix its $C/8$
+# upscaled channels.
+#
+# The figures show the upscaled channels and, for each mask token, its C/8 weights and the
+# resulting 4G x 4G logits, for a click on a synthetic scene (default model ``micro``; ``--model
+# vit_b`` for the official weights).
+#
+# Run:  python lessons/07_upsampling_and_hypernetworks.py --out out/07
 
-After the two-way transformer (lesson 06) the decoder holds an updated image embedding
-(C x G x G: 256 x 64 x 64 for vit_b, 96 x 16 x 16 for micro) and updated output tokens.
-Masks come out in two moves (Kirillov et al. 2023, section 3 "Mask decoder", appendix A;
-official ``modeling/mask_decoder.py`` predict_masks; minisam ``minisam/modeling/mask_decoder.py``):
-
-1. Upscale the image embedding 4x with two transposed convolutions, kernel 2 stride 2
-   (C -> C/4 channels at 2G x 2G, LayerNorm2d, GELU; -> C/8 channels at 4G x 4G, GELU;
-   for vit_b 256 -> 64 -> 32 channels, 64 -> 128 -> 256 pixels).
-   With kernel = stride = 2 the patches do not overlap: every input pixel paints its own 2x2
-   output patch, so each transposed conv is a single matrix product.
-2. Each of the 4 mask tokens goes through its own 3-layer MLP (a "hypernetwork") to a
-   C/8-vector. The mask logits are the dot product of that vector with the C/8 upscaled
-   channels at every pixel: a 1x1 convolution whose weights are *computed from the prompt*.
-   One matrix product makes all 4 masks: [4, C/8] @ [C/8, 4G * 4G].
-
-The figures show the upscaled channels and, for each mask token, its C/8 weights and the
-resulting 4G x 4G logits, for a click on a synthetic scene (default model ``micro``; ``--model
-vit_b`` for the official weights).
-
-Run:  python lessons/07_upsampling_and_hypernetworks.py --out out/07
-"""
-
+# %%
 import math
 
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("07", __doc__.splitlines()[0])
+args = _lesson.parse_args("07", "Lesson 07: from tokens to pixels: upscaling and hypernetworks")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -41,7 +63,11 @@ sam = _lesson.load_model(args)
 cfg = sam.config
 C, G, S, K, M = cfg.prompt_embed_dim, cfg.image_embedding_size, cfg.img_size, cfg.num_mask_tokens, cfg.mask_input_size
 
-# --- 1. A click, decoded with a trace ------------------------------------------------------
+
+# %% [markdown]
+# ## 1. A click, decoded with a trace
+
+# %%
 scene = make_scene(np.random.default_rng(16), S)
 obj = max(scene.objects, key=lambda i: scene.masks[i].sum())     # the largest object
 target = scene.masks[obj]                                         # [S, S] bool
@@ -53,7 +79,11 @@ masks, iou, low_res = predictor.predict(point_coords=point[None], point_labels=n
 print(f"scene {scene.image.shape}, click {point.tolist()} on a '{scene.kinds[obj]}'; "
       f"image embedding {predictor.get_image_embedding().shape}")
 
-# --- 2. Upscaling: C x G x G -> C/8 x 4G x 4G ----------------------------------------------
+
+# %% [markdown]
+# ## 2. Upscaling: C x G x G -> C/8 x 4G x 4G
+
+# %%
 up = "mask_decoder.output_upscaling"
 names = ["ConvTranspose2d 2x2/2", "LayerNorm2d", "GELU", "ConvTranspose2d 2x2/2", "GELU"]
 src = trace["mask_decoder.transformer"][1]                        # [1, N, C] image tokens after the transformer
@@ -121,7 +151,11 @@ _lesson.claim(chain_err <= 1e-5,
               f"LayerNorm2d, GELU, the second transposed conv and GELU, in that order, give the model's "
               f"{c8} x {M} x {M} upscaled embedding to {chain_err:.1e} of max")
 
-# --- 3. Hypernetworks: one C/8-vector per mask token, dotted with every pixel --------------
+
+# %% [markdown]
+# ## 3. Hypernetworks: one C/8-vector per mask token, dotted with every pixel
+
+# %%
 hyper = np.stack([trace[f"mask_decoder.output_hypernetworks_mlps.{k}"] for k in range(K)],
                  axis=1)                                          # K x [1, C/8] -> [1, K, C/8]
 print(f"hypernetwork outputs: {K} x {trace['mask_decoder.output_hypernetworks_mlps.0'].shape} -> {hyper.shape}")
@@ -172,7 +206,11 @@ fig.tight_layout()
 _lesson.save(fig, args, "07_upscaled_channels.png")
 plt.close(fig)
 
-# --- 4. The hypernetwork weights and the mask logits they make -----------------------------
+
+# %% [markdown]
+# ## 4. The hypernetwork weights and the mask logits they make
+
+# %%
 fig, axes = plt.subplots(2, K + 1, figsize=(4 * (K + 1), 7))
 axes[0, 0].imshow(scene.image)
 axes[0, 0].contour(target, levels=[0.5], colors="w", linewidths=1)

@@ -1,33 +1,34 @@
-"""Lesson 08: ambiguity: three masks and a predicted IoU for each.
+# %% [markdown]
+# # Lesson 08: ambiguity: three masks and a predicted IoU for each
+#
+# One click is ambiguous: a point on a shirt could mean the shirt, the person, or a button.
+# SAM's answer (Kirillov et al. 2023, section 3 "Resolving ambiguity"; official
+# ``modeling/mask_decoder.py`` forward; minisam ``minisam/modeling/mask_decoder.py``):
+#
+# - the decoder always predicts 4 masks, one per mask token. Token 0 is trained for the
+#   *unambiguous* case; tokens 1..3 are trained as a set, with only the best of the three
+#   receiving the mask loss (minimum over the three) so they specialize (whole, part, subpart);
+# - the IoU head predicts, for each mask, its IoU with the object the user meant. The scores
+#   are raw MLP outputs (no sigmoid): they can leave [0, 1];
+# - ``multimask_output=True`` returns tokens 1..3 (``masks[:, 1:]``): use it for a single
+#   point, pick the highest score. With several points (or a box) the prompt is not ambiguous
+#   and ``multimask_output=False`` returns token 0 (``masks[:, 0:1]``).
+# - the low-res logits (4G x 4G) are upsampled to the model input size, the padding is
+#   cropped, and the result is resized to the original image (both bilinear,
+#   align_corners=False); > 0 is the mask.
+#
+# The synthetic scenes have ground truth at three levels (part, object, group), so a click on
+# an inlaid part is ambiguous in exactly SAM's sense, and we can measure how good the IoU
+# scores are. Default model: ``micro`` (``--model vit_b`` for the official weights).
+#
+# Run:  python lessons/08_ambiguity_and_iou.py --out out/08
 
-One click is ambiguous: a point on a shirt could mean the shirt, the person, or a button.
-SAM's answer (Kirillov et al. 2023, section 3 "Resolving ambiguity"; official
-``modeling/mask_decoder.py`` forward; minisam ``minisam/modeling/mask_decoder.py``):
-
-- the decoder always predicts 4 masks, one per mask token. Token 0 is trained for the
-  *unambiguous* case; tokens 1..3 are trained as a set, with only the best of the three
-  receiving the mask loss (minimum over the three) so they specialize (whole, part, subpart);
-- the IoU head predicts, for each mask, its IoU with the object the user meant. The scores
-  are raw MLP outputs (no sigmoid): they can leave [0, 1];
-- ``multimask_output=True`` returns tokens 1..3 (``masks[:, 1:]``): use it for a single
-  point, pick the highest score. With several points (or a box) the prompt is not ambiguous
-  and ``multimask_output=False`` returns token 0 (``masks[:, 0:1]``).
-- the low-res logits (4G x 4G) are upsampled to the model input size, the padding is
-  cropped, and the result is resized to the original image (both bilinear,
-  align_corners=False); > 0 is the mask.
-
-The synthetic scenes have ground truth at three levels (part, object, group), so a click on
-an inlaid part is ambiguous in exactly SAM's sense, and we can measure how good the IoU
-scores are. Default model: ``micro`` (``--model vit_b`` for the official weights).
-
-Run:  python lessons/08_ambiguity_and_iou.py --out out/08
-"""
-
+# %%
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("08", __doc__.splitlines()[0])
+args = _lesson.parse_args("08", "Lesson 08: ambiguity: three masks and a predicted IoU for each")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -59,7 +60,10 @@ def crop_scene(scene, focus, height, zoom=2):
     return enlarge(scene.image), [enlarge(scene.masks[i]) for i in keep], [scene.levels[i] for i in keep], keep
 
 
-# --- 1. An ambiguous click: on a part inside an object -------------------------------------
+# %% [markdown]
+# ## 1. An ambiguous click: on a part inside an object
+
+# %%
 scene = make_scene(np.random.default_rng(21), S)
 # (A scene without parts, as at small input sizes, falls back to its largest object.)
 part = next((i for i, l in enumerate(scene.levels) if l == "part"),
@@ -120,9 +124,14 @@ fig.tight_layout()
 _lesson.save(fig, args, "08_three_masks.png")
 plt.close(fig)
 
-# --- 2. Several points: not ambiguous, use the single-mask token ---------------------------
+
+# %% [markdown]
+# ## 2. Several points: not ambiguous, use the single-mask token
+#
 # Two clicks on the object (one on the part, one off it) and one on the background; then the
 # same prompt again with the previous low-res logits as mask_input (as in lesson 10's rounds).
+
+# %%
 obj = max((k for k in valid if levels[k] == "object"), key=lambda k: gts[k].sum(), default=valid[-1])
 off_part = interior_point(gts[obj] & ~part_mask if (gts[obj] & ~part_mask).any() else gts[obj])   # [2] off the part
 bg = interior_point(~np.logical_or.reduce(gts))                   # [2] on no shape at all
@@ -144,10 +153,15 @@ fig.tight_layout()
 _lesson.save(fig, args, "08_single_mask_multi_point.png")
 plt.close(fig)
 
-# --- 3. How good is the IoU head? Predicted score against the real IoU ---------------------
+
+# %% [markdown]
+# ## 3. How good is the IoU head? Predicted score against the real IoU
+#
 # One click at the most interior pixel of every true mask in three scenes; each of the three
 # masks is scored against the closest true mask under the click. A useful head puts the
 # points near the diagonal; the best-scored mask should usually be the best mask.
+
+# %%
 predicted, actual, picked_best = [], [], []
 for seed in (21, 22, 23):
     sc = make_scene(np.random.default_rng(seed), S)

@@ -1,48 +1,59 @@
-"""Lesson 09: the losses SAM is trained with (focal + dice at 20:1, IoU MSE, min over masks).
+# %% [markdown]
+# # Lesson 09: the losses SAM is trained with (focal + dice at 20:1, IoU MSE, min over masks)
+#
+# Paper: Kirillov et al. 2023, section 3 and appendix A ("Losses"). Code: minisam/training/losses.py.
+# Run: ``MPLBACKEND=Agg python lessons/09_losses.py --out out/09`` (about 5 s, no torch).
+#
+# SAM predicts, for every pixel, a logit x; p = sigmoid(x) is the probability that the pixel
+# belongs to the object. Training compares these maps with a ground-truth mask g in {0, 1}.
+# A mask is a very unbalanced classification problem: most pixels are far from the object's
+# boundary and trivially right (the "easy" pixels), a thin band around the boundary is hard,
+# and the object itself may cover 1% of the image. Plain binary cross-entropy (BCE) averages
+# over all pixels, so thousands of easy pixels drown the few hard ones. SAM fixes this twice:
+#
+# - **focal loss** (Lin et al. 2017) multiplies BCE by (1 - p_t)^gamma, which is ~0 for a pixel
+#   already right with confidence p_t -> 1, so the average is driven by the hard pixels;
+# - **dice loss** scores the overlap of the whole mask, 1 - 2|P & G| / (|P| + |G|), which counts
+#   no true negatives: background pixels predicted at p = 0 add nothing, however many there are
+#   (on probabilities, each background pixel still adds its p to |P|: section 2).
+#
+# They are mixed 20:1 (focal:dice). The IoU head learns with a mean squared error against the
+# IoU of the mask it scored. For an ambiguous click SAM outputs three masks and only the one
+# with the lowest loss is trained ("we backprop only the minimum loss").
+#
+# In symbols, for one mask of $N$ pixels with logits $x_i$, probabilities $p_i = \sigma(x_i)$ and
+# targets $y_i \in \{0, 1\}$ (minisam ``minisam/training/losses.py``, torchvision's
+# ``sigmoid_focal_loss`` and the DETR / SAM 2 ``dice_loss``):
+#
+# $$
+# \begin{aligned}
+# \operatorname{BCE}_i &= -y_i \log p_i - (1 - y_i) \log (1 - p_i), \qquad
+#   p_{t,i} = \begin{cases} p_i & y_i = 1 \\ 1 - p_i & y_i = 0 \end{cases}, \qquad
+#   \alpha_{t,i} = \alpha y_i + (1 - \alpha)(1 - y_i), \\
+# \mathcal{L}_{\text{focal}} &= \frac{1}{N} \sum_{i=1}^{N} \alpha_{t,i}\, (1 - p_{t,i})^{\gamma}\, \operatorname{BCE}_i
+#   \qquad (\alpha = 0.25,\ \gamma = 2), \\
+# \mathcal{L}_{\text{dice}} &= 1 - \frac{2 \sum_i p_i y_i + 1}{\sum_i p_i + \sum_i y_i + 1}, \qquad
+#   \mathcal{L}_{\text{mask}} = 20\, \mathcal{L}_{\text{focal}} + \mathcal{L}_{\text{dice}}.
+# \end{aligned}
+# $$
+#
+# The $+1$ in the dice fraction makes an empty prediction of an empty mask cost 0 instead of
+# $0/0$. Sections 1 and 2 derive the gradients; section 4 adds the IoU term and the minimum.
 
-Paper: Kirillov et al. 2023, section 3 and appendix A ("Losses"). Code: minisam/training/losses.py.
-Run: ``MPLBACKEND=Agg python lessons/09_losses.py --out out/09`` (about 5 s, no torch).
-
-SAM predicts, for every pixel, a logit x; p = sigmoid(x) is the probability that the pixel
-belongs to the object. Training compares these maps with a ground-truth mask g in {0, 1}.
-A mask is a very unbalanced classification problem: most pixels are far from the object's
-boundary and trivially right (the "easy" pixels), a thin band around the boundary is hard,
-and the object itself may cover 1% of the image. Plain binary cross-entropy (BCE) averages
-over all pixels, so thousands of easy pixels drown the few hard ones. SAM fixes this twice:
-
-- **focal loss** (Lin et al. 2017) multiplies BCE by (1 - p_t)^gamma, which is ~0 for a pixel
-  already right with confidence p_t -> 1, so the average is driven by the hard pixels;
-- **dice loss** scores the overlap of the whole mask, 1 - 2|P & G| / (|P| + |G|), which counts
-  no true negatives: background pixels predicted at p = 0 add nothing, however many there are
-  (on probabilities, each background pixel still adds its p to |P|: section 2).
-
-They are mixed 20:1 (focal:dice). The IoU head learns with a mean squared error against the
-IoU of the mask it scored. For an ambiguous click SAM outputs three masks and only the one
-with the lowest loss is trained ("we backprop only the minimum loss").
-"""
-
-from __future__ import annotations
-
-import argparse
-import os
+# %%
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _lesson
 
-import matplotlib
+args = _lesson.parse_args("09", "Lesson 09: the losses SAM is trained with (focal + dice at 20:1, IoU MSE, "
+                          "min over masks)")
 
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 
-import _lesson  # noqa: E402
 from minisam.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--out", default=os.path.join("out", "09"), help="folder for the figures")
-args = parser.parse_args()
-os.makedirs(args.out, exist_ok=True)
 np.set_printoptions(precision=4, suppress=True)
 
 
@@ -57,9 +68,9 @@ def per_pixel_focal(logits, targets, **kw):
                               ).reshape(np.shape(logits))        # [HW] -> [H, W]
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. BCE versus focal loss, pixel by pixel
-# ---------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 1. BCE versus focal loss, pixel by pixel
+#
 # For a foreground pixel (y = 1) BCE = -log p. With gamma = 2 focal loss multiplies it by
 # (1 - p)^2, and by alpha_t = 0.25 for positives (0.75 for negatives). The factor (1 - p)^2
 # keeps 1e-4 of an easy pixel's BCE (p = 0.99) and 81% of a hard one's (p = 0.1); with
@@ -71,6 +82,8 @@ def per_pixel_focal(logits, targets, **kw):
 # minisam's sigmoid_focal_loss takes them as its defaults, which sam_loss uses, and
 # minisam/training/micro.py's sam_loss_torch, which trained the shipped micro model, writes
 # them out (alpha_t = 0.25 t + 0.75 (1 - t), (1 - p_t) ** 2).
+
+# %%
 print("1. BCE vs focal loss (y = 1, alpha = 0.25, gamma = 2)")
 print(f"{'p':>6} {'BCE':>9} {'focal':>10} {'focal/BCE':>10}")
 table_p = np.array([0.1, 0.5, 0.9, 0.99, 0.999])
@@ -110,8 +123,25 @@ _lesson.claim(hard_share["focal"] >= 0.99 and hard_share["BCE"] < hard_share["fo
               f"focal loss is driven by the hard pixels: the 1% hard ones carry {hard_share['focal']:.1%} of it, "
               f"against {hard_share['BCE']:.1%} of BCE")
 
-# The gradient is derived in the docstring of sigmoid_focal_loss; check it with central
-# differences (float64), no autograd needed.
+
+# %% [markdown]
+# **The focal gradient.** Write $m_i = 1 - p_{t,i} = p_i (1 - y_i) + (1 - p_i) y_i$. With
+# $\sigma'(x) = p (1 - p)$:
+#
+# $$
+# \frac{\partial \operatorname{BCE}_i}{\partial x_i} = p_i - y_i, \qquad
+# \frac{\partial m_i}{\partial x_i} = (1 - 2 y_i)\, p_i (1 - p_i),
+# $$
+#
+# $$
+# \frac{\partial \mathcal{L}_{\text{focal}}}{\partial x_i} = \frac{\alpha_{t,i}}{N}
+# \Big[ \gamma\, m_i^{\gamma - 1} (1 - 2 y_i)\, p_i (1 - p_i)\, \operatorname{BCE}_i + m_i^{\gamma} (p_i - y_i) \Big].
+# $$
+#
+# With $\gamma = 0$ and no $\alpha$ it is the BCE gradient $(p_i - y_i)/N$. ``sigmoid_focal_loss(...,
+# grad=True)`` computes this; we check it with central differences (float64), no autograd needed.
+
+# %%
 rng = np.random.default_rng(0)
 x = rng.normal(0, 3, (2, 4, 5))                                  # [M, H, W]
 y = (rng.random((2, 4, 5)) < 0.4).astype(np.float64)             # [M, H, W]
@@ -147,7 +177,7 @@ for ax, y_value in zip(axes, [1, 0]):
     ax.legend()
 fig.suptitle("Focal loss (1 - p_t)^gamma * BCE: easy pixels stop counting")
 fig.tight_layout()
-fig.savefig(os.path.join(args.out, "focal_curves.png"), dpi=100)
+_lesson.save(fig, args, "focal_curves.png", dpi=100, bbox_inches=None)
 plt.close(fig)
 curves = np.array(curves)                                        # [2, 4, 400]
 well_classified = p > 0.6                                        # the green span for y = 1
@@ -156,11 +186,14 @@ _lesson.claim(np.all(np.diff(curves, axis=1) < 0),
               f"at every p a larger gamma gives a smaller loss, for y = 1 and y = 0; well classified (p > 0.6, "
               f"y = 1), gamma = 5 keeps at most {kept:.1e} of BCE")
 
-# ---------------------------------------------------------------------------------------------
-# 2. Dice on unbalanced masks
-# ---------------------------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 2. Dice on unbalanced masks
+#
 # A 100 x 100 image whose object is a 10 x 10 square (1% of the pixels). Three predictions:
 # "all background", "the object, half confident", "the object plus a ring around it".
+
+# %%
 h = w = 100
 rows, cols = np.mgrid[0:h, 0:w]
 obj = ((rows >= 45) & (rows < 55) & (cols >= 45) & (cols < 55)).astype(np.float64)   # [H, W]
@@ -207,18 +240,37 @@ at_zero, at_soft = more_background[-40.0], more_background[-4.0]
 _lesson.claim(abs(at_zero[1] - at_zero[0]) <= 1e-12 and at_soft[1] - at_soft[0] > 0.1,
               f"4x the background pixels: dice stays {at_zero[0]:.4f} -> {at_zero[1]:.4f} at x = -40 (p ~ 0), "
               f"but goes {at_soft[0]:.3f} -> {at_soft[1]:.3f} at x = -4 (p = 0.018)")
+
+# %% [markdown]
+# **The dice gradient.** With $S = \sum_i p_i y_i$, $P = \sum_i p_i$, $Y = \sum_i y_i$, the fraction's
+# numerator $u = 2S + 1$ and denominator $v = P + Y + 1$, the quotient rule gives
+#
+# $$
+# \frac{\partial \mathcal{L}_{\text{dice}}}{\partial p_i} = -\frac{2 y_i v - u}{v^2} = \frac{u - 2 y_i v}{v^2},
+# \qquad
+# \frac{\partial \mathcal{L}_{\text{dice}}}{\partial x_i} = \frac{u - 2 y_i v}{v^2}\; p_i (1 - p_i).
+# $$
+#
+# Every pixel's gradient depends on the whole mask through $u$ and $v$: dice is a loss of the
+# overlap, not of pixels. For a background pixel ($y_i = 0$) it is $u\, p_i (1 - p_i) / v^2 > 0$: gradient
+# descent lowers its logit, however many background pixels there are.
+
+# %%
 _, ddice = dice_loss(half_sure[None], obj[None], grad=True)      # [1, H, W]
 _lesson.claim(np.all(ddice[0][obj == 0] > 0),
               f"dice pushes every background pixel towards p = 0: d dice / dx > 0 at all {int((obj == 0).sum())} "
               f"of them (smallest {ddice[0][obj == 0].min():.1e})")
 
-# ---------------------------------------------------------------------------------------------
-# 3. The 20:1 mix
-# ---------------------------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 3. The 20:1 mix
+#
 # Focal loss is a per-pixel mean of small numbers (alpha_t <= 0.75, (1 - p_t)^2 <= 1), so on
 # a real mask it is ~0.01-0.1 (section 5 measures it on a blurry disk), while dice is in
 # [0, 1]. The factor 20 brings them to a comparable size, so that the pixel-wise and the
 # overlap signal both count.
+
+# %%
 print("\n3. 20 * focal + dice")
 worst_ratio = 0.0                                                # the largest per-pixel focal / BCE
 for name, x in predictions.items():
@@ -229,13 +281,36 @@ for name, x in predictions.items():
 _lesson.claim(worst_ratio <= 0.75, f"per pixel, focal loss is at most 0.75 of BCE (alpha_t <= 0.75, "
                                    f"(1 - p_t)^2 <= 1): largest ratio here {worst_ratio:.3f}")
 
-# ---------------------------------------------------------------------------------------------
-# 4. The minimum over the three outputs
-# ---------------------------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 4. The minimum over the three outputs
+#
 # A click on a shirt may mean the shirt or the whole person. SAM outputs three masks; the
 # loss of each output is 20 * focal + dice, and only the smallest is trained, together with
 # the IoU head's score for that output. The other two outputs get no gradient at all, so
 # they remain free to specialise on the other plausible objects.
+#
+# For the $K$ outputs of one prompt (logits $x^{(k)}$, predicted IoU scores $s_k$, one target $y$):
+#
+# $$
+# k^{*} = \arg\min_{k} \big( 20\, \mathcal{L}_{\text{focal}}(x^{(k)}, y) + \mathcal{L}_{\text{dice}}(x^{(k)}, y) \big),
+# \qquad
+# \mathcal{L} = 20\, \mathcal{L}_{\text{focal}}(x^{(k^*)}, y) + \mathcal{L}_{\text{dice}}(x^{(k^*)}, y)
+#   + \big( s_{k^*} - \operatorname{IoU}_{k^*} \big)^2,
+# $$
+#
+# $$
+# \operatorname{IoU}_{k} = \frac{\big| \{ i : x^{(k)}_i > 0 \} \cap \{ i : y_i = 1 \} \big|}
+#   {\max\big( \big| \{ i : x^{(k)}_i > 0 \} \cup \{ i : y_i = 1 \} \big|,\ 1 \big)}.
+# $$
+#
+# The IoU target is measured on the thresholded mask, so it is a constant: the IoU term's only
+# gradient is $\partial \mathcal{L} / \partial s_{k^*} = 2 (s_{k^*} - \operatorname{IoU}_{k^*})$, and it sends
+# nothing into the mask logits. The minimum picks one branch: for $k \ne k^*$,
+# $\partial \mathcal{L} / \partial x^{(k)} = 0$ and $\partial \mathcal{L} / \partial s_k = 0$ (the argmin itself has
+# zero derivative almost everywhere).
+
+# %%
 candidates = np.stack([predictions["object at p = 0.6"], predictions["object + ring, confident"],
                        predictions["all background (x = -4)"]])          # [3, H, W]
 iou_pred = np.array([0.7, 0.9, 0.1])                                     # [3] the IoU head
@@ -260,13 +335,16 @@ _lesson.claim(np.all(dlogits[others] == 0) and np.all(diou[others] == 0) and np.
               f"only output {best} gets a gradient (outputs {others} get exactly 0); its IoU score gets "
               f"2 (score - IoU) = {diou[best]:.2f}")
 
-# ---------------------------------------------------------------------------------------------
-# 5. Where the focal loss lives on a predicted mask
-# ---------------------------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 5. Where the focal loss lives on a predicted mask
+#
 # A disk target and a prediction that is a slightly shifted, blurry disk: per-pixel focal
 # loss and BCE on a log scale. On that scale BCE shows over the whole background, focal loss
 # only in a band at the boundary, where the prediction is wrong or unsure. Summed, that band
 # holds most of the BCE too (95%), but away from it focal loss is ~1e7 times smaller per pixel.
+
+# %%
 h = w = 96
 rows, cols = np.mgrid[0:h, 0:w]
 target = ((rows - 48) ** 2 + (cols - 44) ** 2 <= 24 ** 2).astype(np.float64)        # [H, W]
@@ -304,7 +382,7 @@ for ax, data, title in [(axes[2], bce_map, "per-pixel BCE (log10)"), (axes[3], f
 for ax in axes:
     ax.axis("off")
 fig.tight_layout()
-fig.savefig(os.path.join(args.out, "focal_heatmap.png"), dpi=100)
+_lesson.save(fig, args, "focal_heatmap.png", dpi=100, bbox_inches=None)
 plt.close(fig)
 print(f"figures written to {args.out}: focal_curves.png, focal_heatmap.png")
 _lesson.claim("torch" not in sys.modules, "the lesson ran without importing torch")

@@ -1,43 +1,71 @@
-"""Lesson 10: SAM's training algorithm, 11 rounds of simulated interactive segmentation.
+# %% [markdown]
+# # Lesson 10: SAM's training algorithm, 11 rounds of simulated interactive segmentation
+#
+# Paper: Kirillov et al. 2023, appendix A ("Training algorithm"). Code: minisam/training/interactive.py.
+# Deck: "Training Algorithm".
+#
+# SAM is trained the way it is used: a person clicks, looks at the mask, clicks again where
+# it is wrong. For every (image, object) pair of a batch the trainer plays this game with
+# itself for 11 rounds:
+#
+# 1. round 1: one prompt from the ground truth, a point (uniform on the object) or a box (the
+#    object's box with ~10% noise, at most 20 px per side), with equal probability;
+# 2. 8 rounds that each add one click, drawn uniformly from the error region of the last
+#    mask: a positive click where the object was missed (false negative), a negative click
+#    where background was taken (false positive);
+# 3. 2 rounds that add nothing: one at a random place among the 8 click rounds, one at the end.
+#
+# From round 2 on, the model also gets its own previous prediction back as a mask prompt
+# (the unthresholded low-res logits of the mask with the highest predicted IoU), so it learns
+# to refine. Every round's output is scored with the loss of lesson 09 (the paper does not
+# say how the rounds are combined; SAM 2's trainer sums the losses of all rounds). Only the
+# light prompt encoder and mask decoder run per round: the image embedding is computed once,
+# which is what makes 11 rounds per example affordable.
+#
+# The sampling, written out for one target mask $Y \subset \Omega$ (the set of its pixels, $\Omega$
+# the image's pixels). Round $r$ gives the predictor the prompt set $\mathcal{P}_r$ and, from round 2
+# on, the previous low-res logits $\ell_{r-1}$; it returns masks $\hat M_r^{(k)}$ with predicted IoUs
+# $s_r^{(k)}$, and the mask passed on is the one it rates best:
+#
+# $$
+# \begin{aligned}
+# \mathcal{P}_1 &= \{ (c, +) \},\ \ c \sim \mathcal{U}(Y) \qquad \text{(with probability } 1/2\text{), or else} \\
+# \mathcal{P}_1 &= \{ \operatorname{box}(Y) + \operatorname{clip}(\varepsilon \odot \sigma, -20, 20) \},\ \
+#   \varepsilon \sim \mathcal{N}(0, I_4),\ \sigma = 0.1\,(w, h, w, h), \\
+# k_r &= \arg\max_k s_r^{(k)}, \qquad M_r = \hat M_r^{(k_r)}, \qquad \ell_r = \text{its low-res logits}, \\
+# \text{FN}_r &= Y \setminus M_r, \qquad \text{FP}_r = M_r \setminus Y, \\
+# \text{click round: } \mathcal{P}_{r+1} &= \mathcal{P}_r \cup \{ (c, \lambda) \},\ \
+#   c \sim \mathcal{U}(\text{FN}_r \cup \text{FP}_r),\ \ \lambda = \begin{cases} + & c \in \text{FN}_r \\
+#   - & c \in \text{FP}_r \end{cases} \\
+# \text{mask-only round: } \mathcal{P}_{r+1} &= \mathcal{P}_r \quad (\text{only } \ell_r \text{ is new}),
+# \end{aligned}
+# $$
+#
+# with $w, h$ the box's width and height, $\mathcal{U}$ the uniform distribution over a set of pixels,
+# and rounds $2, \dots, 11$ made of 8 click rounds and 2 mask-only rounds: one at a uniformly random
+# one of the 9 places among the click rounds (before the first, between two, or after the last), the
+# other last. Every round is scored with lesson 09's loss $\mathcal{L}\big(\hat M_r, s_r; Y\big)$, and the
+# rounds are combined by their sum $\sum_{r=1}^{11} \mathcal{L}\big(\hat M_r, s_r; Y\big)$ (SAM 2's trainer;
+# minisam's decoder trainer takes the mean over rounds and prompts, the same up to a constant
+# factor). When $M_r = Y$ a click round has nothing to correct and adds a padding token instead.
+#
+# This lesson runs the algorithm's forward half (prompts, predictions, losses) on one object of
+# a synthetic scene, with minisam's real ``SamPredictor`` on the default model (``micro``,
+# trained on such scenes with exactly this loop by ``minisam train-micro``; ``--model vit_b``
+# for the official weights), once starting from a point and once from a box. For contrast, a
+# toy "model" that grows or erases the region of similar colour around each click shows what
+# the same loop does with a predictor that follows the clicks but knows nothing of shapes.
+#
+# Run:  python lessons/10_training_algorithm.py --out out/10
 
-Paper: Kirillov et al. 2023, appendix A ("Training algorithm"). Code: minisam/training/interactive.py.
-Deck: "Training Algorithm".
-
-SAM is trained the way it is used: a person clicks, looks at the mask, clicks again where
-it is wrong. For every (image, object) pair of a batch the trainer plays this game with
-itself for 11 rounds:
-
-1. round 1: one prompt from the ground truth, a point (uniform on the object) or a box (the
-   object's box with ~10% noise, at most 20 px per side), with equal probability;
-2. 8 rounds that each add one click, drawn uniformly from the error region of the last
-   mask: a positive click where the object was missed (false negative), a negative click
-   where background was taken (false positive);
-3. 2 rounds that add nothing: one at a random place among the 8 click rounds, one at the end.
-
-From round 2 on, the model also gets its own previous prediction back as a mask prompt
-(the unthresholded low-res logits of the mask with the highest predicted IoU), so it learns
-to refine. Every round's output is scored with the loss of lesson 09 (the paper does not
-say how the rounds are combined; SAM 2's trainer sums the losses of all rounds). Only the
-light prompt encoder and mask decoder run per round: the image embedding is computed once,
-which is what makes 11 rounds per example affordable.
-
-This lesson runs the algorithm's forward half (prompts, predictions, losses) on one object of
-a synthetic scene, with minisam's real ``SamPredictor`` on the default model (``micro``,
-trained on such scenes with exactly this loop by ``minisam train-micro``; ``--model vit_b``
-for the official weights), once starting from a point and once from a box. For contrast, a
-toy "model" that grows or erases the region of similar colour around each click shows what
-the same loop does with a predictor that follows the clicks but knows nothing of shapes.
-
-Run:  python lessons/10_training_algorithm.py --out out/10
-"""
-
+# %%
 import time
 
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("10", __doc__.splitlines()[0],
+args = _lesson.parse_args("10", "Lesson 10: SAM's training algorithm, 11 rounds of simulated interactive segmentation",
                           extra=lambda p: p.add_argument("--seed", type=int, default=0, help="scene and rounds"))
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -51,9 +79,11 @@ np.set_printoptions(precision=3, suppress=True)
 sam = _lesson.load_model(args)
 S, M = sam.config.img_size, sam.config.mask_input_size
 
-# ---------------------------------------------------------------------------------------------
-# 1. A synthetic scene; the target is its largest object
-# ---------------------------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 1. A synthetic scene; the target is its largest object
+
+# %%
 rng = np.random.default_rng(args.seed)
 scene = make_scene(rng, S)
 obj = max(scene.objects, key=lambda i: scene.masks[i].sum())
@@ -62,9 +92,11 @@ H, W = target.shape
 print(f"image {image.shape} {image.dtype}, target '{scene.kinds[obj]}' {target.shape}, {target.sum()} pixels "
       f"({100 * target.mean():.1f}%)")
 
-# ---------------------------------------------------------------------------------------------
-# 2. The pieces, as pure functions
-# ---------------------------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 2. The pieces, as pure functions
+
+# %%
 print("round kinds (paper schedule):", round_schedule(np.random.default_rng(args.seed)))
 print("tight box of the target (x0, y0, x1, y1):", mask_box(target))
 print("three noisy boxes:", [noisy_box(target, rng).astype(np.float64).round(1).tolist() for _ in range(3)])
@@ -77,10 +109,13 @@ for _ in range(4):
     point, label = sample_error_point(guess, target, rng)
     print(f"   sampled click at (x, y) = {point}, {'positive' if label else 'negative'}")
 
-# ---------------------------------------------------------------------------------------------
-# 3. The real predictor: 11 rounds from a point, 11 from a box
-# ---------------------------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 3. The real predictor: 11 rounds from a point, 11 from a box
+#
 # set_image runs the encoder once; every round after that is prompt encoder + decoder only.
+
+# %%
 predictor = SamPredictor(sam)
 start = time.perf_counter()
 predictor.set_image(image)
@@ -96,9 +131,10 @@ for first in ("point", "box"):
     runs[f"minisam SamPredictor ({args.checkpoint or args.model}), {first} first"] = records
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. A toy model that follows the clicks
-# ---------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 4. A toy model that follows the clicks
+
+# %%
 class ClickColorModel:
     """Not SAM: starts from the previous mask prompt; a positive click adds the pixels of
     similar colour within ``radius`` px of it, a negative click removes them (a box fills them in)."""
@@ -141,9 +177,11 @@ for name, records in runs.items():
               f"{len(rec.iou_pred):2d} {rec.chosen_index:6d} {rec.iou:6.3f} {rec.loss:8.3f} {rec.loss_index:8d}")
     print(f"   training would backpropagate the sum of the 11 losses: {sum(r.loss for r in records):.3f}")
 
-# ---------------------------------------------------------------------------------------------
-# 5. Figures: the 11 rounds of each run, and IoU / loss per round
-# ---------------------------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 5. Figures: the 11 rounds of each run, and IoU / loss per round
+
+# %%
 fig, axes = plt.subplots(len(runs), 11, figsize=(22, 2.3 * len(runs) + 0.5), squeeze=False)
 for row, (name, records) in enumerate(runs.items()):
     for ax, rec in zip(axes[row], records):

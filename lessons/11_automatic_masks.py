@@ -1,41 +1,64 @@
-"""Lesson 11: segment everything: the automatic mask generator.
+# %% [markdown]
+# # Lesson 11: segment everything: the automatic mask generator
+#
+# SAM answers one prompt at a time. To segment *everything*, SA-1B's data engine (Kirillov
+# et al. 2023, section 4) prompted the model with a regular 32 x 32 grid of foreground points
+# and kept only the good, distinct masks. That fully automatic stage produced 1.1 B masks on
+# 11 M images (99.1 % of SA-1B's masks), after two earlier stages:
+#   1. assisted-manual: annotators click, SAM proposes, annotators fix (4.3 M masks);
+#   2. semi-automatic: SAM pre-fills confident masks, annotators add the missed objects
+#      (5.9 M more masks), for diversity;
+#   3. fully automatic: the grid, the filters and NMS below, with no human in the loop.
+# Appendix B gives the recipe; the official code is ``automatic_mask_generator.py`` and
+# ``utils/amg.py``, and minisam's is ``minisam/automatic_mask_generator.py`` and ``minisam/utils/amg.py``.
+#
+# Per point SAM returns three masks (whole, part, sub-part). A mask is kept if
+#   - its predicted IoU (the model's own quality guess) is > ``pred_iou_thresh`` (0.88);
+#   - it is *stable*: thresholding its logits at -1 and +1 gives nearly the same mask
+#     (IoU >= ``stability_score_thresh``, 0.95);
+#   - its box does not touch the border of a crop (unless that is the image border);
+#
+# then box NMS (IoU > 0.7) removes duplicates, ranking by predicted IoU. Optional crop layers
+# re-run everything on zoomed-in overlapping crops (small objects get more points), with a
+# second NMS that prefers masks from smaller crops. Finally, holes and islands smaller than
+# ``min_mask_region_area`` are cleaned.
+#
+# The stability score (official ``utils/amg.py`` ``calculate_stability_score``) of a mask's logits
+# $\ell$ (upsampled to the image), with the mask threshold $t = 0$ and the offset $\delta = 1$
+# (``stability_score_offset``), is
+#
+# $$
+# \operatorname{stability}(\ell)
+# = \frac{\big| \{ i : \ell_i > t + \delta \} \big|}{\big| \{ i : \ell_i > t - \delta \} \big|}
+# = \operatorname{IoU}\big( \{ \ell > t + \delta \},\ \{ \ell > t - \delta \} \big),
+# $$
+#
+# the IoU of the two masks because the first lies inside the second. It is 1 when no logit lies in
+# $(t - \delta, t + \delta]$: a mask whose logits cross the threshold steeply, so that its boundary
+# hardly moves when the threshold does. A mask survives the two score filters if
+#
+# $$
+# s > 0.88 \quad\text{and}\quad \operatorname{stability}(\ell) \ge 0.95,
+# $$
+#
+# $s$ being its predicted IoU. The point grid has $n^2$ points
+# $\big( \tfrac{j + 1/2}{n} W,\ \tfrac{i + 1/2}{n} H \big)$, $i, j \in \{0, \dots, n-1\}$ ($n = 32$ by default).
+#
+# This lesson walks those steps by hand, batch by batch of points as the generator does,
+# counting what each filter removes, then runs the real generator (with crops) on the same
+# synthetic scene, with the official thresholds, and scores its masks against the scene's
+# true objects. Default model: ``micro`` (``--model vit_b`` / ``--checkpoint PATH`` work too).
+#
+# Run:  python lessons/11_automatic_masks.py --out out/11
 
-SAM answers one prompt at a time. To segment *everything*, SA-1B's data engine (Kirillov
-et al. 2023, section 4) prompted the model with a regular 32 x 32 grid of foreground points
-and kept only the good, distinct masks. That fully automatic stage produced 1.1 B masks on
-11 M images (99.1 % of SA-1B's masks), after two earlier stages:
-  1. assisted-manual: annotators click, SAM proposes, annotators fix (4.3 M masks);
-  2. semi-automatic: SAM pre-fills confident masks, annotators add the missed objects
-     (5.9 M more masks), for diversity;
-  3. fully automatic: the grid, the filters and NMS below, with no human in the loop.
-Appendix B gives the recipe; the official code is ``automatic_mask_generator.py`` and
-``utils/amg.py``, and minisam's is ``minisam/automatic_mask_generator.py`` and ``minisam/utils/amg.py``.
-
-Per point SAM returns three masks (whole, part, sub-part). A mask is kept if
-  - its predicted IoU (the model's own quality guess) is > ``pred_iou_thresh`` (0.88);
-  - it is *stable*: thresholding its logits at -1 and +1 gives nearly the same mask
-    (IoU >= ``stability_score_thresh``, 0.95);
-  - its box does not touch the border of a crop (unless that is the image border);
-then box NMS (IoU > 0.7) removes duplicates, ranking by predicted IoU. Optional crop layers
-re-run everything on zoomed-in overlapping crops (small objects get more points), with a
-second NMS that prefers masks from smaller crops. Finally, holes and islands smaller than
-``min_mask_region_area`` are cleaned.
-
-This lesson walks those steps by hand, batch by batch of points as the generator does,
-counting what each filter removes, then runs the real generator (with crops) on the same
-synthetic scene, with the official thresholds, and scores its masks against the scene's
-true objects. Default model: ``micro`` (``--model vit_b`` / ``--checkpoint PATH`` work too).
-
-Run:  python lessons/11_automatic_masks.py --out out/11
-"""
-
+# %%
 import time
 
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("11", __doc__.splitlines()[0])
+args = _lesson.parse_args("11", "Lesson 11: segment everything: the automatic mask generator")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -58,11 +81,16 @@ H, W = image.shape[:2]
 print(f"image: {image.shape}, {len(scene.objects)} true objects "
       f"({', '.join(scene.kinds[i] for i in scene.objects)}), {len(scene.masks)} true masks in all")
 
-# --- 1. The grid ------------------------------------------------------------------------
+
+# %% [markdown]
+# ## 1. The grid
+#
 # build_point_grid(n): n x n points at the centres of an n x n tiling of [0, 1]^2, scaled
 # to pixels. The official default is 32 x 32 = 1024 points for a 1024 px input, one point
 # per 32 px; the same density here. (Each point costs a decoder pass over the whole image
 # embedding: the point count, not the encoder, sets the generator's running time.)
+
+# %%
 n_side = max(4, S // 32)                                        # 8 for micro, 32 for vit_b
 grid = amg.build_point_grid(n_side)                             # [n*n, 2] in [0, 1]
 points = grid * np.array([W, H])                                # [n*n, 2] (x, y) pixels
@@ -76,7 +104,11 @@ ax.axis("off")
 _lesson.save(fig, args, "grid.png")
 plt.close(fig)
 
-# --- 2. By hand: decode a batch, filter it, keep the survivors; NMS at the end ----------
+
+# %% [markdown]
+# ## 2. By hand: decode a batch, filter it, keep the survivors; NMS at the end
+
+# %%
 t0 = time.perf_counter()
 predictor = SamPredictor(sam)
 predictor.set_image(image)
@@ -141,10 +173,15 @@ for a, shown, title in [(axes[0], raw, "raw masks of the first 16 points (48)"),
 _lesson.save(fig, args, "filters.png")
 plt.close(fig)
 
-# --- 3. The generator, with one crop layer ----------------------------------------------
+
+# %% [markdown]
+# ## 3. The generator, with one crop layer
+#
 # crop_n_layers=1 adds 2x2 overlapping crops, each re-encoded and prompted with a grid of
 # n / crop_n_points_downscale_factor points per side. Masks touching a crop's inner border
 # are dropped (they are cut objects); NMS across crops prefers the smaller crops.
+
+# %%
 crops, layers = amg.generate_crop_boxes((H, W), 1, 512 / 1500)
 print("crop boxes (XYXY):", crops)
 gen = SamAutomaticMaskGenerator(sam, points_per_side=n_side, crop_n_layers=1, crop_n_points_downscale_factor=2,

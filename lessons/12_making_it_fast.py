@@ -1,39 +1,41 @@
-"""Lesson 12: making it fast on a CPU, one kernel at a time.
+# %% [markdown]
+# # Lesson 12: making it fast on a CPU, one kernel at a time
+#
+# The vit_b image encoder is ~0.97 TFLOP per image. The official PyTorch code needs 16-21 s for
+# it on a 2-core laptop-class CPU; minisam, in NumPy + Numba, aims at half that. Where does the
+# time go, and what does each trick buy? This lesson takes ONE piece of one encoder block,
+# windowed attention with decomposed relative positions (lesson 03), at vit_b width
+# (D = 768, 12 heads of 64, 14 x 14 windows), and climbs a ladder, as llm.c's kernel files do:
+#
+#   v0  naive: Python loops over calls and query rows, NumPy inside each row
+#   v1  vectorized NumPy: one batched matmul for all scores, softmax over the whole array
+#   v2  a Numba fused kernel (``kernels.attention_rel_pos``): one task per (window, head);
+#       scores, rel-pos add, softmax and the weighted sum of v stay in that task's cache
+#   v3  blocked attention (``image_encoder._chunked_attention``): BLAS GEMMs over chunks of
+#       query rows with the rel-pos softmax fused in between; what the GLOBAL blocks use,
+#       since 4096 x 4096 scores per head (805 MB for 12 heads) never fit in memory at once
+#
+# Every version is checked against the reference (``kernels.attention_rel_pos_numpy``, the
+# readable twin the tests hold the kernel to) and timed (best of a few runs: the least disturbed by other processes).
+# Then the whole block, op by op, on the roofline: each op's FLOP/s against its arithmetic
+# intensity (FLOPs per byte moved), under the two ceilings of this machine, the measured GEMM
+# peak and the measured memory bandwidth. GEMMs sit near the compute roof; LayerNorm, GELU and
+# softmax sit on the memory slope, which is why minisam fuses them into single passes.
+#
+# Weights are random (the speed does not depend on their values), so no model is needed.
+# Kirillov et al. 2023, appendix A; official ``modeling/image_encoder.py`` Attention.
+#
+# Run:  python lessons/12_making_it_fast.py --out out/12 [--threads N]
 
-The vit_b image encoder is ~0.97 TFLOP per image. The official PyTorch code needs 16-21 s for
-it on a 2-core laptop-class CPU; minisam, in NumPy + Numba, aims at half that. Where does the
-time go, and what does each trick buy? This lesson takes ONE piece of one encoder block,
-windowed attention with decomposed relative positions (lesson 03), at vit_b width
-(D = 768, 12 heads of 64, 14 x 14 windows), and climbs a ladder, as llm.c's kernel files do:
-
-  v0  naive: Python loops over calls and query rows, NumPy inside each row
-  v1  vectorized NumPy: one batched matmul for all scores, softmax over the whole array
-  v2  a Numba fused kernel (``kernels.attention_rel_pos``): one task per (window, head);
-      scores, rel-pos add, softmax and the weighted sum of v stay in that task's cache
-  v3  blocked attention (``image_encoder._chunked_attention``): BLAS GEMMs over chunks of
-      query rows with the rel-pos softmax fused in between; what the GLOBAL blocks use,
-      since 4096 x 4096 scores per head (805 MB for 12 heads) never fit in memory at once
-
-Every version is checked against the reference (``kernels.attention_rel_pos_numpy``, the
-readable twin the tests hold the kernel to) and timed (best of a few runs: the least disturbed by other processes).
-Then the whole block, op by op, on the roofline: each op's FLOP/s against its arithmetic
-intensity (FLOPs per byte moved), under the two ceilings of this machine, the measured GEMM
-peak and the measured memory bandwidth. GEMMs sit near the compute roof; LayerNorm, GELU and
-softmax sit on the memory slope, which is why minisam fuses them into single passes.
-
-Weights are random (the speed does not depend on their values), so no model is needed.
-Kirillov et al. 2023, appendix A; official ``modeling/image_encoder.py`` Attention.
-
-Run:  python lessons/12_making_it_fast.py --out out/12 [--threads N]
-"""
-
+# %%
 import time
 
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("12", __doc__.splitlines()[0], extra=lambda p: p.add_argument(
+args = _lesson.parse_args("12", "Lesson 12: making it fast on a CPU, one kernel at a time",
+                          extra=lambda p: p.add_argument(
     "--threads", type=int, default=None, help="BLAS and Numba threads (default: as the environment says)"))
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -75,7 +77,10 @@ def randn(*shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-# --- The input of the ladder: q, k, v for nW windows x nH heads, and the rel-pos terms --------
+# %% [markdown]
+# ## The input of the ladder: q, k, v for nW windows x nH heads, and the rel-pos terms
+
+# %%
 x = randn(nW, w, w, D)                                           # [nW, w, w, D] normed tokens
 qkv_w, qkv_b = randn(3 * D, D, scale=D ** -0.5), randn(3 * D, scale=0.02)
 rel_pos_h, rel_pos_w = randn(2 * w - 1, hd, scale=0.1), randn(2 * w - 1, hd, scale=0.1)
@@ -148,7 +153,11 @@ for i, n in enumerate(names[::-1]):
 ax.set_title("Lesson 12: the attention ladder, vit_b width")
 _lesson.save(fig, args, "12_times.png")
 
-# --- The whole windowed block, op by op, on the roofline --------------------------------
+
+# %% [markdown]
+# ## The whole windowed block, op by op, on the roofline
+
+# %%
 G = 64                                                           # vit_b grid
 Gp = -(-G // w) * w                                              # padded for windows: 70
 xb = randn(1, G, G, D)                                           # [1, G, G, D] residual stream

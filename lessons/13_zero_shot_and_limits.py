@@ -1,28 +1,29 @@
-"""Lesson 13: zero-shot transfer by composition, and where the small model fails.
+# %% [markdown]
+# # Lesson 13: zero-shot transfer by composition, and where the small model fails
+#
+# Deck: "Zero-shot results", "Limitations", "Discussion". Paper: Kirillov et al. 2023,
+# section 7 (zero-shot transfer experiments) and section 8 (limitations).
+#
+# SAM was never trained for instance segmentation, edge detection or object proposals, yet the
+# paper evaluates it on all of them *zero-shot*: by composing it with something that produces
+# prompts. For instance segmentation, a detector gives boxes and SAM turns each box into a mask
+# (section 7.4, with ViTDet boxes). Here the "detector" is as simple as it gets: pixels that
+# differ from the background colour, grouped into 8-connected components, one box each. No
+# training at all on the detection side, and SAM's masks are sharper than the detector's blobs.
+#
+# Then the honest part. The default model here is minisam's *small* SAM trained for about an
+# hour on synthetic shapes: it has never seen a photo. The paper lists SAM's own limits (fine
+# structures, small disconnected parts, boundaries less crisp than zoom-in methods); a tiny
+# model trained on shapes has all of those and more, and we show them rather than hide them.
+#
+# Run:  python lessons/13_zero_shot_and_limits.py --out out/13
 
-Deck: "Zero-shot results", "Limitations", "Discussion". Paper: Kirillov et al. 2023,
-section 7 (zero-shot transfer experiments) and section 8 (limitations).
-
-SAM was never trained for instance segmentation, edge detection or object proposals, yet the
-paper evaluates it on all of them *zero-shot*: by composing it with something that produces
-prompts. For instance segmentation, a detector gives boxes and SAM turns each box into a mask
-(section 7.4, with ViTDet boxes). Here the "detector" is as simple as it gets: pixels that
-differ from the background colour, grouped into 8-connected components, one box each. No
-training at all on the detection side, and SAM's masks are sharper than the detector's blobs.
-
-Then the honest part. The default model here is minisam's *small* SAM trained for about an
-hour on synthetic shapes: it has never seen a photo. The paper lists SAM's own limits (fine
-structures, small disconnected parts, boundaries less crisp than zoom-in methods); a tiny
-model trained on shapes has all of those and more, and we show them rather than hide them.
-
-Run:  python lessons/13_zero_shot_and_limits.py --out out/13
-"""
-
+# %%
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("13", __doc__.splitlines()[0])
+args = _lesson.parse_args("13", "Lesson 13: zero-shot transfer by composition, and where the small model fails")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -41,7 +42,10 @@ def iou(a, b):  # [H, W] bool x2 -> float
     return float(mask_iou(a, b))
 
 
-# --- 1. A "detector" with no learning: colour distance from the border colour ----------
+# %% [markdown]
+# ## 1. A "detector" with no learning: colour distance from the border colour
+
+# %%
 scene = make_scene(np.random.default_rng(5), S)
 img = scene.image.astype(np.float32)                                    # [S, S, 3]
 border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])      # [4S, 3] border pixels
@@ -53,7 +57,11 @@ blobs = np.stack([labels == k for k in keep]) if keep else np.zeros((0, S, S), b
 boxes = batched_mask_to_box(blobs).astype(np.float32)                  # [B, 4] inclusive XYXY
 print("detector:", n_labels - 1, "components,", len(keep), "kept (area >= 60) -> boxes", boxes.shape)
 
-# --- 2. Boxes -> SAM -> instance masks, all boxes in one batched call ------------------
+
+# %% [markdown]
+# ## 2. Boxes -> SAM -> instance masks, all boxes in one batched call
+
+# %%
 predictor.set_image(scene.image)
 masks, scores, _ = predictor.predict_batch(boxes=boxes, multimask_output=False)   # [B, 1, S, S]
 print("SAM masks", masks.shape, "scores", np.round(scores[:, 0], 2))
@@ -78,8 +86,13 @@ for ax in axes:
     ax.axis("off")
 _lesson.save(fig, args, "zero_shot_instances.png")
 
-# --- 3. Failure cases, shown honestly --------------------------------------------------
+
+# %% [markdown]
+# ## 3. Failure cases, shown honestly
+#
 # (a) A real photo: the model has only ever seen flat shapes on textures.
+
+# %%
 import matplotlib.cbook as cbook  # noqa: E402
 with cbook.get_sample_data("grace_hopper.jpg") as f:
     photo = plt.imread(f)                                                # [H, W, 3] uint8

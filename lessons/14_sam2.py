@@ -1,38 +1,39 @@
-"""Lesson 14: SAM 2, what changes and what stays.
+# %% [markdown]
+# # Lesson 14: SAM 2, what changes and what stays
+#
+# Deck: the additional slide "SAM 2", SAM's follow-up. Paper: Ravi et al. 2024, "SAM 2:
+# Segment Anything in Images and Videos" (arXiv:2408.00714): the promptable visual segmentation
+# task, the model section (image encoder, memory attention, prompt encoder and mask decoder,
+# memory encoder, memory bank) and the data section (the SA-V data set). Code:
+# github.com/facebookresearch/sam2, ``sam2/modeling/sam2_base.py``, ``memory_attention.py``,
+# ``memory_encoder.py``, ``sam/mask_decoder.py`` and ``sam2/configs/sam2/sam2_hiera_l.yaml``.
+#
+# SAM answers a prompt on one image. SAM 2 answers prompts on the frames of a video and keeps
+# answering on the frames that follow, without new clicks: it *tracks*. An image is a video of
+# one frame (the repository's README), so SAM 2 is also an image model. What it adds is a
+# memory, streamed frame by frame:
+#
+# - the image encoder (Hiera: hierarchical, MAE pre-trained) runs once per frame;
+# - memory attention conditions the frame's embedding on a memory bank: self-attention over
+#   the frame, then cross-attention to the memories of earlier frames and to object pointers;
+# - the prompt encoder and mask decoder are SAM's, plus an occlusion head (is the object in
+#   this frame at all?) and high-resolution encoder features added during the upsampling;
+# - the memory encoder turns the predicted mask, downsampled and added to the frame embedding,
+#   into this frame's memory, and the memory bank keeps a FIFO of recent memories, those of the
+#   prompted frames, and the object pointers (one token per frame, from the decoder's output).
+#
+# Section 3 tries the one new idea on minisam's own model, which has no memory: a hand-built
+# stand-in that carries the previous frame's mask forward as SAM's mask prompt. It is not SAM 2
+# and learns nothing; what it measures hints at why SAM 2 reads its memory by attention instead.
+#
+# Run:  python lessons/14_sam2.py --out out/14
 
-Deck: the additional slide "SAM 2", SAM's follow-up. Paper: Ravi et al. 2024, "SAM 2:
-Segment Anything in Images and Videos" (arXiv:2408.00714): the promptable visual segmentation
-task, the model section (image encoder, memory attention, prompt encoder and mask decoder,
-memory encoder, memory bank) and the data section (the SA-V data set). Code:
-github.com/facebookresearch/sam2, ``sam2/modeling/sam2_base.py``, ``memory_attention.py``,
-``memory_encoder.py``, ``sam/mask_decoder.py`` and ``sam2/configs/sam2/sam2_hiera_l.yaml``.
-
-SAM answers a prompt on one image. SAM 2 answers prompts on the frames of a video and keeps
-answering on the frames that follow, without new clicks: it *tracks*. An image is a video of
-one frame (the repository's README), so SAM 2 is also an image model. What it adds is a
-memory, streamed frame by frame:
-
-- the image encoder (Hiera: hierarchical, MAE pre-trained) runs once per frame;
-- memory attention conditions the frame's embedding on a memory bank: self-attention over
-  the frame, then cross-attention to the memories of earlier frames and to object pointers;
-- the prompt encoder and mask decoder are SAM's, plus an occlusion head (is the object in
-  this frame at all?) and high-resolution encoder features added during the upsampling;
-- the memory encoder turns the predicted mask, downsampled and added to the frame embedding,
-  into this frame's memory, and the memory bank keeps a FIFO of recent memories, those of the
-  prompted frames, and the object pointers (one token per frame, from the decoder's output).
-
-Section 3 tries the one new idea on minisam's own model, which has no memory: a hand-built
-stand-in that carries the previous frame's mask forward as SAM's mask prompt. It is not SAM 2
-and learns nothing; what it measures hints at why SAM 2 reads its memory by attention instead.
-
-Run:  python lessons/14_sam2.py --out out/14
-"""
-
+# %%
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("14", __doc__.splitlines()[0])
+args = _lesson.parse_args("14", "Lesson 14: SAM 2, what changes and what stays")
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch, Patch  # noqa: E402
@@ -48,11 +49,16 @@ cfg = sam.config
 S, M = cfg.img_size, cfg.mask_input_size
 predictor = SamPredictor(sam)
 
-# --- 1. The facts side by side ----------------------------------------------------------
+
+# %% [markdown]
+# ## 1. The facts side by side
+#
 # SAM's numbers come from this repository: minisam/config.py mirrors the official
 # segment_anything/build_sam.py (1024 input, 16 px patches, 256 channels, the decoder's sizes),
 # and expected_shapes() lists every tensor of the official state dict, so summing them counts
 # the parameters without any weights on disk.
+
+# %%
 sam_params = {name: sum(int(np.prod(s)) for s in expected_shapes(c).values())
               for name, c in [("B", VIT_B), ("L", VIT_L), ("H", VIT_H)]}
 sam_vits = ", ".join(f"{c.encoder_depth}" for c in (VIT_B, VIT_L, VIT_H))
@@ -128,7 +134,11 @@ _lesson.claim(SAM2_SIZES_M["large"] * 1e6 < sam_params["H"] / 2,
               f"SAM 2's largest model ({SAM2_SIZES_M['large']}M parameters) is under half of SAM ViT-H "
               f"({sam_params['H'] / 1e6:.1f}M, counted from the official state dict's shapes)")
 
-# --- 2. The architecture, drawn -----------------------------------------------------------
+
+# %% [markdown]
+# ## 2. The architecture, drawn
+
+# %%
 STAYS, CHANGED, NEW = "#d9d9d9", "#b7d4ee", "#f6c48f"
 
 
@@ -215,10 +225,14 @@ def draw_table(ax):
                  fontsize=9.5, loc="left")
 
 
-# --- 3. The one new idea on minisam's model: carry the last mask to the next frame -------
+# %% [markdown]
+# ## 3. The one new idea on minisam's model: carry the last mask to the next frame
+#
 # A "video": one scene whose image and masks are rolled by a few pixels each frame, as if the
 # camera panned. The target is the scene's largest object; the direction is the one with the
 # most room, so the object never wraps around the border.
+
+# %%
 N_FRAMES, N_VIDEOS, SPEED = 8, 12, 5
 
 
@@ -299,7 +313,11 @@ if args.checkpoint is None:   # the registered models are trained; a --checkpoin
 # is read by cross-attention instead: the current frame's features look the object up by
 # content wherever it has moved, and the decoder is trained on videos to use what it finds.
 
-# --- 4. The figure: diagram, table, curves, one video ----------------------------------------
+
+# %% [markdown]
+# ## 4. The figure: diagram, table, curves, one video
+
+# %%
 fig = plt.figure(figsize=(10, 16.5))
 grid = fig.add_gridspec(3, 2, height_ratios=[6.6, 4.9, 4.2], width_ratios=[1, 1.15], hspace=0.12, wspace=0.12)
 draw_architecture(fig.add_subplot(grid[0, :]))

@@ -1,43 +1,44 @@
-"""Lesson 15: the backward pass in NumPy, and fine-tuning SAM's decoder on new shapes.
+# %% [markdown]
+# # Lesson 15: the backward pass in NumPy, and fine-tuning SAM's decoder on new shapes
+#
+# Paper: Kirillov et al. 2023, section 3 ("Losses and training") and appendix A ("Training
+# algorithm"). Code: minisam/backward/ (one backward beside each forward),
+# minisam/training/decoder_training.py (the 11 rounds with gradients), minisam/training/optim.py
+# (AdamW). Deck: "Training Algorithm".
+#
+# Lesson 10 ran the training algorithm's forward half. This one finishes it: the gradient of the
+# loss with respect to every weight of the prompt encoder and the mask decoder, computed by hand,
+# layer by layer, and a weight update. Nothing here needs torch; the test suite checks the same
+# backward against torch autograd (``tests/test_backward.py``), and this lesson checks it the
+# way one checks a derivation on paper: against finite differences.
+#
+# 1. **One layer.** Each layer's forward returns its output and a *cache* (what its backward
+#    needs: the inputs of its matrix products, the softmax weights). Its backward takes dL/dy,
+#    the gradient of the loss with respect to its output, and returns the gradients of its inputs
+#    and weights: the chain rule, applied once. For the decoder's attention with S = q k^T / sqrt(d),
+#    P = softmax(S), O = P V: dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dP * P)),
+#    dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d). We check it against central differences
+#    (L(w + h) - L(w - h)) / 2h, in float64.
+# 2. **The whole decoder.** The same check on single weights deep inside the mask decoder,
+#    through the two-way transformer, the upscaling and the hypernetworks.
+# 3. **Fine-tuning.** ``micro`` was trained on ellipses, polygons, stars, rectangles and rings.
+#    We show it a family it has never seen, crosses and crescents, and fine-tune its prompt encoder and
+#    mask decoder on 48 such scenes with the image encoder frozen (its embeddings computed once),
+#    with the 11-round loop of lesson 10 and AdamW. We then measure the first-click and per-round
+#    IoU on 32 held-out scenes before and after. What 120 steps buy is the first click: the
+#    model learns where the new shapes end. After 11 rounds of clicks micro was already good on
+#    them, and there the change stays within its noise; the check says it does not get worse.
+#
+# Run:  python lessons/15_finetune_in_numpy.py --out out/15
 
-Paper: Kirillov et al. 2023, section 3 ("Losses and training") and appendix A ("Training
-algorithm"). Code: minisam/backward/ (one backward beside each forward),
-minisam/training/decoder_training.py (the 11 rounds with gradients), minisam/training/optim.py
-(AdamW). Deck: "Training Algorithm".
-
-Lesson 10 ran the training algorithm's forward half. This one finishes it: the gradient of the
-loss with respect to every weight of the prompt encoder and the mask decoder, computed by hand,
-layer by layer, and a weight update. Nothing here needs torch; the test suite checks the same
-backward against torch autograd (``tests/test_backward.py``), and this lesson checks it the
-way one checks a derivation on paper: against finite differences.
-
-1. **One layer.** Each layer's forward returns its output and a *cache* (what its backward
-   needs: the inputs of its matrix products, the softmax weights). Its backward takes dL/dy,
-   the gradient of the loss with respect to its output, and returns the gradients of its inputs
-   and weights: the chain rule, applied once. For the decoder's attention with S = q k^T / sqrt(d),
-   P = softmax(S), O = P V: dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dP * P)),
-   dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d). We check it against central differences
-   (L(w + h) - L(w - h)) / 2h, in float64.
-2. **The whole decoder.** The same check on single weights deep inside the mask decoder,
-   through the two-way transformer, the upscaling and the hypernetworks.
-3. **Fine-tuning.** ``micro`` was trained on ellipses, polygons, stars, rectangles and rings.
-   We show it a family it has never seen, crosses and crescents, and fine-tune its prompt encoder and
-   mask decoder on 48 such scenes with the image encoder frozen (its embeddings computed once),
-   with the 11-round loop of lesson 10 and AdamW. We then measure the first-click and per-round
-   IoU on 32 held-out scenes before and after. What 120 steps buy is the first click: the
-   model learns where the new shapes end. After 11 rounds of clicks micro was already good on
-   them, and there the change stays within its noise; the check says it does not get worse.
-
-Run:  python lessons/15_finetune_in_numpy.py --out out/15
-"""
-
+# %%
 import time
 
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("15", __doc__.splitlines()[0],
+args = _lesson.parse_args("15", "Lesson 15: the backward pass in NumPy, and fine-tuning SAM's decoder on new shapes",
                           extra=lambda p: p.add_argument("--steps", type=int, default=120, help="fine-tuning steps"))
 
 import matplotlib.pyplot as plt  # noqa: E402

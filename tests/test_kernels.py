@@ -79,6 +79,16 @@ def test_gelu(lead, C, seed, scale, with_bias):
 
 
 @SETTINGS
+@given(leading, last, seeds, st.sampled_from([0.1, 1.0, 3.0, 30.0]))
+def test_gelu_kernel_equals_readable_gelu_bit_for_bit(lead, C, seed, scale):
+    """The vectorized kernel (error_model="numpy") computes what the readable path's NumPy GELU
+    (``modeling.common.gelu``, the same erf fit in the same order) computes, to the bit."""
+    from minisam.modeling.common import gelu as readable_gelu
+    x = _arr(np.random.default_rng(seed), lead + [C], scale)
+    assert np.array_equal(K.gelu(x), readable_gelu(x))
+
+
+@SETTINGS
 @given(leading, st.integers(1, 300), seeds, scales)
 def test_softmax(lead, N, seed, scale):
     rng = np.random.default_rng(seed)

@@ -11,11 +11,16 @@ What is fused here, and why:
   :mod:`minisam.kernels.layers` fuse the bias, GELU, residual add and LayerNorm around them.
   The MLP's residual add is fused with the NEXT block's norm1 (``block`` takes ``next_norm1``)
   and the residual stream is updated in place: one pass over [B, G, G, D] instead of three;
-- global attention scores are computed in chunks of (calls, query rows) with at most
-  ``_SCORE_BUDGET`` floats each, so the global blocks never hold [nH, G*G, G*G] (805 MB
-  for vit_b); the decomposed rel-pos add is fused into the softmax;
-- windowed attention (small calls, 196 tokens) runs one Numba task per (window, head),
-  scores kept in cache (``kernels.layers.attention_rel_pos``);
+- global attention is blocked and fused in the flash-attention manner
+  (:mod:`minisam.kernels.attention`): per (head, block of query rows), the scores of one block
+  of keys (one BLAS GEMM), the decomposed rel-pos add, an online softmax, and the value product
+  (a second GEMM), each block at most ``_SCORE_BUDGET`` floats, L2-sized; the global blocks never
+  hold [nH, G*G, G*G] (805 MB for vit_b);
+- windowed attention (small calls, 196 tokens) runs either through the same blocked function,
+  several whole calls per task as batched BLAS products (``_WINDOW_ATTENTION = "blas"``), or
+  as one Numba task per (window, head) with the scores kept in cache
+  (``kernels.layers.attention_rel_pos``, ``"numba"``); ``benchmarks/encoder.py --profile``
+  times both;
 - the rel-pos terms are one Numba pass over q (``kernels.layers.rel_pos_terms``);
 - the neck runs channels-last: the 3x3 conv as im2col and one GEMM.
 """
@@ -28,18 +33,20 @@ import numpy as np
 
 from minisam.config import SamConfig
 from minisam.errors import ImageError
-from minisam.kernels.layers import add_layer_norm, attention_rel_pos, gelu, layer_norm, softmax_rel_pos_
+from minisam.kernels.attention import KEY_ROWS, SCORE_BUDGET, flash_attention_rel_pos
+from minisam.kernels.layers import add_layer_norm, attention_rel_pos, gelu, layer_norm
 from minisam.kernels.layers import rel_pos_terms as rel_pos_dot_products
 from minisam.modeling.common import ENCODER_LN_EPS, LAYER_NORM_2D_EPS
 from minisam.modeling.image_encoder import get_rel_pos, window_partition, window_unpartition
 
-_SCORE_BUDGET = 1 << 23     # floats per chunk of attention scores (32 MB): 2048 query rows of a
-                            # 4096-key call. Fewer, bigger GEMMs: measured on 2 loaded cores,
-                            # 64 rows 36 s, 256 rows 2.7 s, 1024 rows 1.35 s, 2048 rows 1.24 s
-                            # (4 heads); OpenBLAS threads stall on many small calls.
-_SMALL_T = 1024             # attention calls up to this many tokens run as one Numba task each: the 14x14
-                            # windows (196 tokens) do, the 64x64 global grid (4096) does not; any value
-                            # from 196 to 4095 gives the same split at every official size
+_SCORE_BUDGET = SCORE_BUDGET   # scores per task block of the blocked attention (1 MiB): 256 query rows x
+                               # 1024 keys of a global block, or several whole 196-token windows
+_KEY_ROWS = KEY_ROWS           # key-grid rows per key block of the online softmax (16 x 64 = 1024 keys)
+_SMALL_T = 1024                # attention calls up to this many tokens are "windowed": the 14x14 windows
+                               # (196 tokens) are, the 64x64 global grid (4096) is not; any value from 196
+                               # to 4095 gives the same split at every official size
+_WINDOW_ATTENTION = "blas"     # windowed calls: "blas" (batched GEMMs, _chunked_attention) or "numba"
+                               # (attention_rel_pos, one task per call)
 
 
 def _f32(a) -> np.ndarray:
@@ -107,7 +114,7 @@ def attention(p, x, num_heads, trace=None, name=""):
     q, k, v = (_f32(t).reshape(Bp * num_heads, T, hd) for t in qkv)        # [A, T, hd] each
     rel_h, rel_w = rel_pos_terms(q, p["rel_pos_h"], p["rel_pos_w"], (h, w))  # [A, T, h], [A, T, w]
     q *= np.float32(hd ** -0.5)                                            # [A, T, hd] scaled after rel-pos
-    if T <= _SMALL_T:
+    if T <= _SMALL_T and _WINDOW_ATTENTION == "numba":
         out = attention_rel_pos(q, k, v, rel_h, rel_w)                     # [A, T, hd] one task per call
     else:
         out = _chunked_attention(q, k, v, rel_h, rel_w, (h, w))            # [A, T, hd]
@@ -119,26 +126,15 @@ def attention(p, x, num_heads, trace=None, name=""):
 
 
 def _chunked_attention(q, k, v, rel_h, rel_w, hw):
-    """softmax(q k^T + rel-pos) v with BLAS GEMMs, never holding more than _SCORE_BUDGET scores.
+    """softmax(q k^T + rel-pos) v, blocked and fused (``kernels.attention.flash_attention_rel_pos``),
+    never holding more than _SCORE_BUDGET scores per thread; key blocks of _KEY_ROWS grid rows.
 
     q [A, T, hd] scaled, k, v [A, T, hd], rel_h [A, T, h], rel_w [A, T, w] -> [A, T, hd].
     """
     h, w = hw
-    N, T, hd = q.shape
-    kT = k.transpose(0, 2, 1)                                              # [A, hd, T]
-    out = np.empty_like(q)                                                 # [A, T, hd]
-    # chunk (calls, query rows) so that one chunk of scores holds <= _SCORE_BUDGET floats
-    rows = T if T * T <= _SCORE_BUDGET else max(1, _SCORE_BUDGET // T)
-    calls = max(1, _SCORE_BUDGET // (T * T)) if rows == T else 1
-    for n0 in range(0, N, calls):
-        n1 = min(N, n0 + calls)
-        for r0 in range(0, T, rows):
-            r1 = min(T, r0 + rows)
-            scores = np.matmul(q[n0:n1, r0:r1], kT[n0:n1])                 # [a, r, T]
-            softmax_rel_pos_(scores.reshape(-1, T), rel_h[n0:n1, r0:r1].reshape(-1, h),
-                             rel_w[n0:n1, r0:r1].reshape(-1, w))          # [a*r, T] in place
-            np.matmul(scores, v[n0:n1], out=out[n0:n1, r0:r1])             # [a, r, hd]
-    return out
+    if rel_h.shape[-1] != h or rel_w.shape[-1] != w:
+        raise ValueError(f"rel_h {rel_h.shape} / rel_w {rel_w.shape} do not match the {h}x{w} key grid")
+    return flash_attention_rel_pos(q, k, v, rel_h, rel_w, _KEY_ROWS, _SCORE_BUDGET)   # [A, T, hd]
 
 
 # --------------------------------------------------------------------------- blocks

@@ -25,9 +25,10 @@ Milakov & Gimelshein (2018). One task is a group of calls and a block of query r
 Why blocks of whole key rows: the rel-pos add then reads rel_h[., a] once per key row and
 rel_w as one contiguous vector. Why this shape of work: each task's scores block
 ([calls, r, kb kw], ``score_budget`` floats, 1 MiB by default) stays in the core's L2 cache from
-the GEMM that writes it through the softmax to the GEMM that reads it, where the whole-row
-chunks of scores went out to memory and back twice; the GEMMs are [r, hd] x [hd, kb kw] and
-[r, kb kw] x [kb kw, hd], shapes BLAS runs near its peak (r = 256, kb kw = 1024 for vit_b).
+the GEMM that writes it through the softmax to the GEMM that reads it, where chunks of whole
+score rows (4096 keys each for vit_b) outgrow L2 and go out to memory and back twice; the
+GEMMs are [r, hd] x [hd, kb kw] and [r, kb kw] x [kb kw, hd], shapes BLAS runs near its peak
+(r = 256, kb kw = 1024 for vit_b).
 
 Threads: the tasks are split over minisam's threads (:func:`minisam.kernels.threads.parallel_for`);
 each thread runs its own GEMMs with BLAS held to one thread meanwhile (threadpoolctl), so the two

@@ -59,7 +59,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
 from minisam import SamAutomaticMaskGenerator, SamPredictor  # noqa: E402
-from minisam.cli.drawing import show_mask, show_points  # noqa: E402
+from minisam.cli.drawing import show_mask  # noqa: E402
 from minisam.modeling.common import mask_iou  # noqa: E402
 from minisam.training.shapes import interior_point, make_scene  # noqa: E402
 

@@ -287,7 +287,7 @@ plt.close(fig)
 #
 # **The big picture** (the deck's closing questions, for discussion):
 # - Meta has resources few can match: 11M licensed images, 1.1B masks, 256 A100 GPUs for 68
-#   hours for the released model (appendix A and the paper's model card). Releasing SA-1B (for research)
+#   hours for the released model (the paper's model card). Releasing SA-1B (for research)
 #   and SAM (Apache 2.0) lets others build on that work; it also makes Meta's model the
 #   default starting point. Both can be true.
 # - Why stress "the first foundation model for segmentation"? Segmentation sits under many

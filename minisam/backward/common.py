@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from minisam.kernels.jit import njit
 from minisam.modeling.common import erf as erf_float32
 from minisam.modeling.common import source_indices
 
@@ -37,7 +38,9 @@ def add_grads(total: dict, grads: dict) -> dict:
 # --------------------------------------------------------------------------- linear
 
 def linear_forward(x, weight, bias=None):  # [..., in], [out, in], [out] -> [..., out], cache
-    y = x @ weight.T  # [..., in] @ [in, out] -> [..., out]
+    """y = x W^T + b, one GEMM over all leading axes (a stacked matmul would run one small GEMM
+    per leading index)."""
+    y = (x.reshape(-1, x.shape[-1]) @ weight.T).reshape(*x.shape[:-1], weight.shape[0])  # [..., out]
     if bias is not None:
         y = y + bias  # [..., out]
     return y, (x, weight, bias is not None)
@@ -46,8 +49,8 @@ def linear_forward(x, weight, bias=None):  # [..., in], [out, in], [out] -> [...
 def linear_backward(dy, cache):  # [..., out] -> dx [..., in], {"weight": [out, in], "bias": [out]}
     """y = x W^T + b, so dx = dy W, dW = sum over rows of dy^T x, db = sum over rows of dy."""
     x, weight, has_bias = cache
-    dx = dy @ weight  # [..., out] @ [out, in] -> [..., in]
     dy2 = dy.reshape(-1, dy.shape[-1])  # [-1, out]
+    dx = (dy2 @ weight).reshape(*dy.shape[:-1], weight.shape[1])  # [-1, out] @ [out, in] -> [..., in]
     grads = {"weight": dy2.T @ x.reshape(-1, x.shape[-1])}  # [out, -1] @ [-1, in] -> [out, in]
     if has_bias:
         grads["bias"] = dy2.sum(0)  # [out]
@@ -65,11 +68,22 @@ def relu_backward(dy, on):  # [...], [...] bool -> [...]
     return dy * on  # [...]
 
 
+@njit
+def _math_erf(x, out):  # [n] float64 -> [n] float64
+    for i in range(x.size):
+        out[i] = math.erf(x[i])
+
+
 def erf(x):  # [...] -> [...]
-    """erf in the dtype of x: the float32 fit torch's CPU kernels use, or ``math.erf`` in float64."""
+    """erf in the dtype of x: the float32 fit torch's CPU kernels use, or ``math.erf`` in float64
+    (element by element in a Numba loop: the same libm function as Python's, without an object
+    per element)."""
     if x.dtype == np.float32:
         return erf_float32(x)
-    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)  # [...]
+    flat = np.ascontiguousarray(x, np.float64).ravel()  # [n]
+    out = np.empty_like(flat)  # [n]
+    _math_erf(flat, out)
+    return out.reshape(x.shape).astype(x.dtype, copy=False)  # [...]
 
 
 def gelu_forward(x):  # [...] -> [...], cache
@@ -141,17 +155,28 @@ def _interpolation_matrix(in_size: int, out_size: int, dtype):  # -> [out, in]
     return a
 
 
+def _rows_and_columns(a_rows, x, a_cols):  # [H, h], [..., h, w], [W, w] -> [..., H, W]
+    """a_rows @ x @ a_cols^T for every leading index at once, as two GEMMs over all of them (a
+    stacked matmul would run two small GEMMs per leading index)."""
+    *lead, h, w = x.shape
+    m = int(np.prod(lead, dtype=np.int64))
+    t = x.reshape(m * h, w) @ a_cols.T  # [m*h, w] @ [w, W] -> [m*h, W]
+    t = t.reshape(m, h, -1).transpose(1, 0, 2).reshape(h, -1)  # [h, m*W]
+    y = a_rows @ t  # [H, h] @ [h, m*W] -> [H, m*W]
+    return y.reshape(len(a_rows), m, -1).transpose(1, 0, 2).reshape(*lead, len(a_rows), -1)  # [..., H, W]
+
+
 def upsample_bilinear_forward(x, size):  # [..., h, w] -> [..., H, W], cache
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` as two matrix products,
     y = A_h x A_w^T: a resize is linear in x, separable in rows and columns."""
     h, w = x.shape[-2:]
     a_h = _interpolation_matrix(h, size[0], x.dtype)  # [H, h]
     a_w = _interpolation_matrix(w, size[1], x.dtype)  # [W, w]
-    return a_h @ x @ a_w.T, (a_h, a_w)  # [H, h] @ [..., h, w] @ [w, W] -> [..., H, W]
+    return _rows_and_columns(a_h, x, a_w), (a_h, a_w)  # [H, h] @ [..., h, w] @ [w, W] -> [..., H, W]
 
 
 def upsample_bilinear_backward(dy, cache):  # [..., H, W] -> [..., h, w]
     """The transpose of the forward's linear map: dx = A_h^T dy A_w (each input pixel collects
     the gradient of every output pixel it was blended into, with the same weight)."""
     a_h, a_w = cache
-    return a_h.T @ dy @ a_w  # [h, H] @ [..., H, W] @ [W, w] -> [..., h, w]
+    return _rows_and_columns(a_h.T, dy, a_w.T)  # [h, H] @ [..., H, W] @ [W, w] -> [..., h, w]

@@ -1,4 +1,5 @@
-"""``minisam train-micro``: train the small shapes SAM (needs the ``train`` extra: torch, segment-anything).
+"""``minisam train-micro``: train the small shapes SAM, with torch (the ``train`` extra: torch,
+segment-anything) or, with ``--engine numpy``, with minisam's own backward passes and no torch.
 
 Every default is the shipped model's recipe, :data:`minisam.training.micro.SHIPPED_RECIPE`."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 def add_parser(sub):
     from minisam.training.micro import SHIPPED_RECIPE as R
-    p = sub.add_parser("train-micro", help="train the small SAM on synthetic shapes (needs torch)",
+    p = sub.add_parser("train-micro", help="train the small SAM on synthetic shapes (torch or NumPy engine)",
                        description="Train a SAM-architecture model at a small configuration on synthetic "
                                    "shapes with the paper's recipe; writes microsam_shapes.pth and train_log.json. "
                                    "The defaults reproduce the shipped weights/microsam_shapes.pth.")
@@ -17,8 +18,13 @@ def add_parser(sub):
                         f"per target); the rest run all 11 interactive rounds (default {R['single_round_steps']})")
     p.add_argument("--out", help="output folder (required unless --resume)")
     p.add_argument("--resume", metavar="CKPT_DIR",
-                   help="continue the run saved in CKPT_DIR (its train_state.pth: weights, optimizer moments, "
-                        "step, RNG streams, recipe and log); the recipe options are then taken from the state")
+                   help="continue the run saved in CKPT_DIR (its train_state.pth, or train_state.npz for the "
+                        "numpy engine: weights, optimizer moments, step, RNG streams, recipe and log); the recipe "
+                        "options are then taken from the state")
+    p.add_argument("--engine", choices=["torch", "numpy"], default=None,
+                   help="torch: the official modules and autograd (needs torch); numpy: the same recipe with "
+                        "minisam's own backward passes, no torch (default: torch for a new run, the saved "
+                        "run's engine with --resume)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="end this run after about this many minutes, saving its state for --resume")
     p.add_argument("--save-every", type=int, default=200,
@@ -35,7 +41,8 @@ def add_parser(sub):
     p.add_argument("--lr", type=float, default=R["lr"])
     p.add_argument("--warmup", type=int, default=R["warmup"], help="warm-up steps (default min(300, steps/10))")
     p.add_argument("--val-every", type=int, default=R["val_every"])
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads: torch's, or BLAS and kernels' with --engine numpy (default: all cores)")
     p.add_argument("--evaluate", type=int, default=0, metavar="N",
                    help="after training, evaluate on N held-out scenes with minisam (no torch)")
     p.add_argument("--no-progress", action="store_true")
@@ -57,19 +64,29 @@ def run(args) -> int:
         raise MinisamError("--steps must be at least 1")
     if args.single_round_steps < 0:
         raise MinisamError("--single-round-steps must be >= 0")
-    try:
-        import torch  # noqa: F401
-        import segment_anything  # noqa: F401
-    except ImportError as exc:
-        raise MinisamError(f"train-micro needs torch and segment-anything ({exc}); "
-                           "install them with: pip install -e \".[train]\"") from None
+    engine = args.engine or "torch"
+    if args.resume:  # the engine that wrote the saved state
+        saved = [e for e, name in (("torch", "train_state.pth"), ("numpy", "train_state.npz"))
+                 if os.path.isfile(os.path.join(args.resume, name))]
+        if len(saved) == 1 and args.engine not in (None, saved[0]):
+            raise MinisamError(f"{args.resume} holds a run of the {saved[0]} engine; resume it with "
+                               f"--engine {saved[0]} (or without --engine)")
+        if len(saved) == 1:
+            engine = saved[0]
+    if engine == "torch":
+        try:
+            import torch  # noqa: F401
+            import segment_anything  # noqa: F401
+        except ImportError as exc:
+            raise MinisamError(f"train-micro needs torch and segment-anything ({exc}); install them with: "
+                               "pip install -e \".[train]\", or train without torch: --engine numpy") from None
     from minisam.training.micro import train
     out = args.resume or args.out
     result = train(args.steps, out, seed=args.seed, batch_images=args.batch_images,
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
                    val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps,
                    iou_outputs=args.iou_outputs, scene_min_area=args.scene_min_area, progress=not args.no_progress, resume=bool(args.resume),
-                   max_minutes=args.max_minutes, save_every=args.save_every)
+                   max_minutes=args.max_minutes, save_every=args.save_every, engine=engine)
     if not result["finished"]:
         print(f"unfinished: state saved in {out}; continue with: minisam train-micro --resume {out}")
         return 0

@@ -16,7 +16,9 @@ the losses and the weights after every AdamW step.
 What is trained: every parameter of ``prompt_encoder`` and ``mask_decoder``. The prompt
 encoder's Gaussian matrix is a buffer in the official code (never trained), so its gradient
 is not computed here; gradients do not flow from one round into the next (the fed-back logits
-are detached, as in the torch trainer) nor into the frozen image embeddings.
+are detached, as in the torch trainer). The image embeddings are frozen here; with
+``embedding_grad`` :func:`interactive_rounds` also returns their gradient, which the whole-model
+trainer (:mod:`minisam.training.micro_numpy`) sends on into the image encoder's backward.
 
 Shapes (``docs/shapes.md``): N target masks (one prompt each), C, G, R = 4G the low-res side,
 S the input side, K' masks per prompt, Np clicks so far, Ns sparse tokens.
@@ -40,7 +42,7 @@ TRAINED_PARTS = ("prompt_encoder", "mask_decoder")
 
 
 def interactive_rounds(params, cfg, embeddings, targets, rng, first_prompt: str, size: int, graded_rounds: int = 4,
-                       rounds: Optional[int] = None, iou_outputs: str = "best") -> Tuple[float, Dict]:
+                       rounds: Optional[int] = None, iou_outputs: str = "best", embedding_grad: bool = False) -> Tuple:
     """The 11 rounds for N target masks, with the gradient of their loss.
 
     params: the model's parameter tree (``prompt_encoder`` and ``mask_decoder`` are used);
@@ -49,6 +51,8 @@ def interactive_rounds(params, cfg, embeddings, targets, rng, first_prompt: str,
     as in the torch trainer. Returns ``(loss, grads)``: the mean over the supervised rounds of
     the mean over N of :func:`sam_loss` on the low-res logits upsampled to S x S, and its
     gradient as ``{"prompt_encoder": ..., "mask_decoder": ...}`` keyed like ``params``.
+    With ``embedding_grad``, ``(loss, grads, dembeddings [N, C, G, G])``: the gradient of the
+    loss with respect to each target's image embedding, for the encoder's backward.
     """
     pe_params, dec_params = params["prompt_encoder"], params["mask_decoder"]
     dtype = dec_params["iou_token"]["weight"].dtype
@@ -67,6 +71,7 @@ def interactive_rounds(params, cfg, embeddings, targets, rng, first_prompt: str,
     graded = {0} | set(rng.choice(np.arange(1, len(schedule)), size=max(0, min(graded_rounds, len(schedule)) - 1),
                                   replace=False).tolist())
     mask_input, preds, total, grads = None, None, 0.0, {}
+    dembeddings = np.zeros_like(embeddings) if embedding_grad else None  # [N, C, G, G]
     weight = 1.0 / (N * len(graded))  # the loss is a mean over prompts and supervised rounds
     for r, kind in enumerate(schedule):
         if r > 0 and kind != MASK_ONLY:
@@ -90,7 +95,9 @@ def interactive_rounds(params, cfg, embeddings, targets, rng, first_prompt: str,
                 round_loss += loss_k
             total += round_loss / N
             dlow = upsample_bilinear_backward(dup * weight, up_cache)  # [N, K', R, R]
-            _, _, dsparse, ddense, g_dec = mask_decoder_backward(dlow, diou * weight, decoder_cache)
+            demb, _, dsparse, ddense, g_dec = mask_decoder_backward(dlow, diou * weight, decoder_cache)
+            if embedding_grad:
+                dembeddings += demb  # [N, C, G, G]
             add_grads(grads, {"mask_decoder": g_dec,
                               "prompt_encoder": prompt_encoder_backward(dsparse, ddense, prompt_cache)})
         # "the mask passed to the next iteration ... is the one with the highest predicted IoU"
@@ -100,4 +107,6 @@ def interactive_rounds(params, cfg, embeddings, targets, rng, first_prompt: str,
     grads["prompt_encoder"].get("pe_layer", {}).pop("positional_encoding_gaussian_matrix", None)
     if not grads["prompt_encoder"].get("pe_layer", True):
         del grads["prompt_encoder"]["pe_layer"]
+    if embedding_grad:
+        return total / len(graded), grads, dembeddings
     return total / len(graded), grads

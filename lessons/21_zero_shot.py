@@ -32,8 +32,9 @@
 # - a baseline that never looks at the image: the box itself, filled, as the mask.
 #
 # Then a look at the shared-embedding idea inside SAM: the mask embedding of appendix D.6 (the
-# image embedding averaged over the mask), compared across crosses and crescents that micro
-# never saw.
+# image embedding multiplied by the mask and averaged over locations; the appendix embeds a
+# crop around the mask and its horizontal flip, this lesson the whole image), compared across
+# crosses and crescents that micro never saw.
 #
 # Run:  python lessons/21_zero_shot.py --out out/21
 
@@ -85,7 +86,8 @@ def measure(scenes):
                                 box=float(mask_iou(b_masks[k, 0], truth)),
                                 fill=float(mask_iou(box_fill(boxes[k], truth.shape), truth))))
             # Appendix D.6's mask embedding: the image embedding averaged over the mask
-            # (here weighted by the fraction of each embedding cell the mask covers).
+            # (here over the whole image rather than the appendix's crop and its flip, and
+            # weighted by the fraction of each embedding cell the mask covers).
             cover = truth.reshape(G, S // G, G, S // G).mean(axis=(1, 3))           # [G, G]
             vector = (embedding * cover).sum(axis=(1, 2)) / cover.sum()              # [C]
             embeddings.append(vector / np.linalg.norm(vector))

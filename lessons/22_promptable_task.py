@@ -23,14 +23,14 @@
 # "valid" requirement matters: an ambiguous prompt still gets a sensible answer, as a language
 # model answers an ambiguous question coherently (lesson 08).
 #
-# A **foundation model** is one "trained on broad data at scale and adaptable to a wide range
-# of downstream tasks" (section 8, quoting Bommasani et al. 2021). The paper's bet is that a
-# promptable model is adaptable by *composition*: "a model trained for promptable segmentation
-# can perform a new, different task at inference time by acting as a component in a larger
-# system" (section 2): an object detector's boxes as prompts give instance segmentation, a
-# user's clicks give interactive segmentation, a grid of points gives every object, gaze
-# points from a wearable device give what the wearer looks at (section 8). Unlike a multi-task
-# model, the set of tasks is not fixed at training time.
+# A **foundation model** is one "trained on broad data at scale and are adaptable to a wide
+# range of downstream tasks" (section 8, quoting Bommasani et al. 2021). The paper's bet is
+# that a promptable model is adaptable by *composition*: "a model trained for promptable
+# segmentation can perform a new, different task at inference time by acting as a component
+# in a larger system" (section 2): an object detector's boxes as prompts give instance
+# segmentation, a user's clicks give interactive segmentation, a grid of points gives every
+# object, gaze points from a wearable device give what the wearer looks at (section 8).
+# Unlike a multi-task model, the set of tasks is not fixed at training time.
 #
 # Below, one model (``micro`` by default) and one set of images; only the prompt changes.
 #
@@ -40,14 +40,17 @@
 #    perfect detector's output, single-mask output;
 # 3. **three clicks**: the first click, then twice a click at the most interior pixel of the
 #    larger error (positive in a missed region, negative in a wrongly taken one), with the
-#    previous low-res logits as the mask prompt, as in the paper's training and evaluation
-#    (appendix A "Training algorithm", appendix D.1 "Point sampling");
+#    previous low-res logits as the mask prompt. The click follows the paper's evaluation
+#    (appendix D.1 "Point sampling": the point farthest from the boundary of the error region;
+#    choosing the larger of the two regions is this lesson's), the mask prompt its training
+#    (appendix A "Training algorithm", which samples its points uniformly in the error region);
 # 4. **a mask alone**: the one-click prediction's low-res logits fed back as the only prompt,
 #    with no point. This is the edge of the task: in training (appendix A; minisam's
-#    ``minisam/training/interactive.py``), the rounds without a new point keep the earlier
-#    points and box *with* the mask, so a mask with no point at all is a prompt the model was
-#    never trained on. The prompt chooses among the tasks that pre-training covered; the check
-#    below measures what happens outside them;
+#    ``minisam/training/interactive.py``), the two rounds without a new point supply "no new
+#    external information"; as minisam reads it, they keep the earlier points and box *with*
+#    the mask, so a mask with no point at all is a prompt the model was never trained on.
+#    The prompt chooses among the tasks that pre-training covered; the check below measures
+#    what happens outside them;
 # 5. **everything**: the automatic mask generator's grid of points (lesson 11), scored by how
 #    many objects it finds at IoU >= 0.5 (on the first few scenes: it is the slow one).
 #

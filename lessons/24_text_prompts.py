@@ -3,7 +3,7 @@
 #
 # Deck: "Promptable segmentation task" (prompt types: "text (PoC)") and "Prompt encoder"
 # (the speaker notes: "Text prompts: CLIP text encoder (proof-of-concept)"). Paper: Kirillov et
-# al. 2023, section 3 ("Prompt encoder"), section 7.5 ("Zero-shot text-to-mask") and appendix
+# al. 2023, section 3 ("Prompt encoder"), section 7.5 ("Zero-Shot Text-to-Mask") and appendix
 # D.5 ("Zero-Shot Text-to-Mask").
 #
 # SAM's prompt encoder takes points, boxes and masks. The paper adds, as a proof of concept,

@@ -26,8 +26,9 @@
 #   the 3 outputs help.
 # - **7.4, instance segmentation** on COCO and LVIS (high level): SAM prompted with ViTDet-H's
 #   boxes (plus one refinement with its own mask). It tests *composition*. The AP is below the
-#   fully supervised ViTDet-H, but annotators rate SAM's masks higher (figure 11), which the
-#   paper reads as ViTDet learning the datasets' annotation biases.
+#   fully supervised ViTDet-H, but annotators rate SAM's masks higher (figure 11; in that
+#   study both models get LVIS's ground-truth boxes, appendix E), which the paper reads as
+#   ViTDet learning the datasets' annotation biases.
 # - **7.5, text-to-mask**: a proof of concept with CLIP embeddings, qualitative only (lesson 24).
 #
 # Then small **measured analogues on micro**, each on held-out synthetic scenes and each
@@ -79,10 +80,12 @@ PROPOSALS = {"ViTDet-H (trained on LVIS)": (63.0, 51.7, 80.8, 87.0, 63.1, 63.3, 
 # Table 5 (section 7.4): instance segmentation, mask AP (AP, APS, APM, APL) on COCO and LVIS v1.
 INSTANCES = {"ViTDet-H": {"COCO": (51.0, 32.0, 54.3, 68.9), "LVIS v1": (46.6, 35.0, 58.0, 66.3)},
              "SAM (ViTDet-H boxes)": {"COCO": (46.5, 30.8, 51.0, 61.7), "LVIS v1": (44.7, 32.5, 57.6, 65.5)}}
-# Figure 11 (section 7.4): mean mask quality rating (1-10) in the paper's human study on LVIS v1.
+# Figure 11 (section 7.4): mean mask quality rating (1-10) in the paper's human study on LVIS v1,
+# both models prompted with LVIS ground-truth boxes (appendix E).
 RATINGS = {"LVIS ground truth": 8.6, "SAM": 8.1, "ViTDet-H": 7.9, "COCO ground truth": 7.6}
 # Section 7.1 (figure 9a): SAM beats RITM at one center point on 16 of the 23 datasets, "by as
-# much as ~47 IoU"; with the oracle on all 23; human ratings of SAM's masks between 7 and 9.
+# much as ~47 IoU"; with the oracle on all 23; mean human ratings of SAM's masks between 7 and
+# 9 (figure 9b, on the 7 datasets of the human study, appendix E).
 SINGLE_POINT = {"datasets": 23, "SAM above RITM": 16, "oracle above RITM": 23, "largest gain (IoU)": 47}
 
 coco_gap = INSTANCES["ViTDet-H"]["COCO"][0] - INSTANCES["SAM (ViTDet-H boxes)"]["COCO"][0]
@@ -246,7 +249,7 @@ def fmt(v):
 
 
 lines = ["§7.1 single point -> valid mask, 23 datasets (fig. 9): SAM above RITM on 16 of 23 (up to ~47 IoU);",
-         "     with the oracle (best of 3) on all 23; annotators rate SAM's masks 7-9 out of 10",
+         "     with the oracle (best of 3) on all 23; mean rating 7-9 of 10 on the 7 rated datasets",
          "§7.2 edges, BSDS500 (table 3)          ODS   OIS   AP    R50"]
 lines += [f"     {name:<33s} {'  '.join(fmt(v) for v in vals)}" for name, vals in EDGES.items()]
 lines += ["§7.3 proposals, LVIS v1, mask AR@1000 (table 4)  all  small med  large freq com  rare"]

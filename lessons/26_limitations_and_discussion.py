@@ -18,8 +18,9 @@
 # 4. "we expect dedicated interactive segmentation methods to outperform SAM when many points
 #    are provided ... SAM is designed for generality and breadth of use rather than high IoU
 #    interactive segmentation": IoU after 1 to 9 clicks, each at the most interior pixel of
-#    the larger error (the evaluation protocol of appendix D.1). No dedicated method runs
-#    here; what is measured is how far nine clicks take micro.
+#    the larger error (after appendix D.1, whose next point is the one farthest from the
+#    boundary of the error region; taking the larger region is this lesson's). No dedicated
+#    method runs here; what is measured is how far nine clicks take micro.
 # 5. "SAM's overall performance is not real-time when using a heavy image encoder": the
 #    parameters of ViT-H's image encoder against the prompt encoder and mask decoder that run
 #    per prompt, counted from the architecture; micro's own times are printed.
@@ -290,14 +291,18 @@ plt.close(fig)
 #   hours for the released model (the paper's model card). Releasing SA-1B (for research)
 #   and SAM (Apache 2.0) lets others build on that work; it also makes Meta's model the
 #   default starting point. Both can be true.
-# - Why stress "the first foundation model for segmentation"? Segmentation sits under many
-#   applications that matter commercially: driving, robotics, medical imaging, and the AR/VR
-#   examples the paper itself gives (gaze prompts from a wearable device, lifting objects to
-#   3D). SAM 2 (lesson 14) extends the model to video, in the same direction.
+# - Why does Meta's announcement, titled "Introducing Segment Anything: Working toward the
+#   first foundation model for image segmentation", stress "the first"? Segmentation sits
+#   under many applications that matter commercially: driving, robotics, medical imaging,
+#   and AR/VR, which the announcement names (selecting an object by gaze, lifting it into 3D;
+#   the paper's section 8 gives gaze prompts from a wearable device and 3D reconstruction
+#   with MCC). SAM 2 (lesson 14) extends the model to video, in the same direction.
 # - The paper's own fairness analysis (section 6, appendix C) reports that SAM segments people
-#   similarly across the perceived groups it studies (gender presentation, age, skin tone),
-#   finds an indication of bias when segmenting clothing across perceived gender
-#   presentation, and notes that a larger system using SAM needs its own fairness evaluation.
+#   similarly across the perceived groups it studies (gender presentation, age, skin tone;
+#   the one non-overlapping pair of confidence intervals is older against middle age, table
+#   2), finds an indication of bias when segmenting clothing across perceived gender
+#   presentation, and notes that biases may arise when SAM is a component of a larger system;
+#   its model card recommends that users run their own fairness evaluation.
 # - What a course like this one can and cannot reproduce: the mechanisms run on a laptop
 #   (every lesson here), the scale does not. Claims about SA-1B-scale behaviour rest on the
 #   paper's numbers (lesson 25), not on micro.

@@ -32,11 +32,9 @@ the GELU ([B, G, G, F]). Recomputed in the backward, where it saves a lot:
 
 Memory, measured with :func:`saved_bytes` on the cache of :func:`image_encoder_forward`
 (float32; ``benchmarks/encoder_backward_memory.py`` measures it and the peak of a whole
-forward and backward with tracemalloc):
-
-- micro (:data:`minisam.config.MICRO`, 4 images of 128 x 128): 37 MB saved; peak 66 MB;
-- vit_b, 1 image of 1024 x 1024: 2.21 GB saved (184 MB a block); peak 2.46 GB, of which
-  the transient part is the largest block's backward and the score chunks (4 x 32 MB).
+forward and backward with tracemalloc, ``--sizes vit_b`` at vit_b): at micro
+(:data:`minisam.config.MICRO`, 4 images of 128 x 128) 58 MB saved (9.2 MB a block), a peak of
+88 MB over forward and backward (66 MB for the forward alone).
 
 Kept instead of recomputed, P would add 3.6 GB at vit_b (4 global blocks x 805 MB, 8 windowed
 x 46 MB) and the GELU's two tensors 1.2 GB (12 x 100 MB).

@@ -90,7 +90,7 @@ def test_the_lesson_is_a_notebook_and_back(name):
     assert jupytext.writes(through_ipynb, fmt="py:percent") == source
 
 
-@pytest.mark.slow
+@pytest.mark.course
 def test_the_site_builds(site):
     assert site["returncode"] == 0, site["output"][-4000:]
     assert sorted(site["build"]) == LESSONS, f"built {sorted(site['build'])}, lessons are {LESSONS}"
@@ -106,7 +106,7 @@ def test_the_site_builds(site):
         "a page loads something from the network"
 
 
-@pytest.mark.slow
+@pytest.mark.course
 @pytest.mark.parametrize("name", LESSONS)
 def test_the_lesson_runs_top_to_bottom_as_a_notebook(site, name):
     import nbformat
@@ -194,7 +194,7 @@ def browser():
         yield b
 
 
-@pytest.mark.slow
+@pytest.mark.course
 def test_index_and_two_lessons_in_a_real_browser(site, browser):
     assert site["returncode"] == 0, site["output"][-3000:]
     shots = os.path.join(site["dir"], "_screenshots")

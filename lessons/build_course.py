@@ -71,6 +71,27 @@ LESSONS = {
     "15": ("The backward pass in NumPy, and fine-tuning the decoder",
            "each layer's gradient by the chain rule, checked against finite differences; micro's prompt encoder "
            "and mask decoder fine-tuned on shapes it has never seen, before and after", "15_finetune.png"),
+    "20": ("Background: encoder-decoder architecture",
+           "a tiny U-Net in NumPy (convolutions and pooling down, skip connections, a fitted 1x1 read-out) beside "
+           "SAM's prompt-conditioned decoder, on the same scenes", "20_encoder_decoder.png"),
+    "21": ("Background: zero-shot learning; from the promptable task to zero-shot transfer",
+           "shared embeddings (CLIP) against prompts; micro on shapes it never saw, by point and box; appendix D.6's "
+           "mask embedding probed", "21_zero_shot.png"),
+    "22": ("Promptable segmentation task: why promptable, pre-training, relation to existing tasks",
+           "the next-token analogy and foundation models; one model, five prompts (click, box, corrective clicks, "
+           "a mask alone, the point grid)", "22_promptable_task.png"),
+    "23": ("Image encoder: ViT-H/16 pre-trained with MAE",
+           "75% random patch masking, a loss on the masked patches, a linear reconstruction toy; ViT-H's numbers "
+           "counted", "23_mae.png"),
+    "24": ("Prompt types: text (proof of concept)",
+           "how the paper trained on CLIP image embeddings and prompted with CLIP text embeddings; where a text "
+           "token enters the decoder", "24_text_prompts.png"),
+    "25": ("Discussion: zero-shot results",
+           "the paper's section 7 numbers and what each experiment tests; micro's analogues (point, edges, "
+           "proposals, boxes)", "25_zero_shot_results.png"),
+    "26": ("Discussion: limitations; the big picture",
+           "section 8's limitations measured on micro (thin bars, zoom-in, many clicks, the encoder's weight); "
+           "foundation models, compositionality", "26_limitations.png"),
 }
 
 
@@ -126,8 +147,9 @@ def main():
 
 INDEX_HEAD = """# The minisam course
 
-Fifteen runnable lessons that follow the paper (Kirillov et al. 2023) and the lecture deck, in
-deck order. Each is a script that reads top to bottom like a notebook: prose cells with the
+Twenty-two runnable lessons that follow the paper (Kirillov et al. 2023) and the lecture deck:
+01-15 in the deck's order, 20-26 the deck's other topics (encoder-decoder models, zero-shot
+learning, why a promptable task, MAE, text prompts, the zero-shot results, limitations). Each is a script that reads top to bottom like a notebook: prose cells with the
 key equations, then code that prints the shape of every tensor, then a figure. All run headless on a laptop CPU,
 most in under a minute (the run column gives each one's time here), on the default model (`micro`, minisam's small SAM trained here on synthetic
 shapes, which ships in `weights/`; its model card is `weights/README.md`). `--model vit_b` or

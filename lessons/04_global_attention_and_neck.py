@@ -25,8 +25,11 @@
 # ``minisam/modeling/image_encoder.py``.
 #
 # Memory: a global block at full size holds nH x 4096 x 4096 scores, 805 MB for ViT-B in
-# float32. minisam computes them in chunks of query rows (``image_encoder._SCORE_BUDGET``
-# floats at a time): softmax is per query row, so chunking changes nothing in the result.
+# float32. minisam never holds them: it computes attention in blocks of query rows and key
+# rows (``kernels/attention.py``, the online softmax of FlashAttention, lesson 12), at most
+# ``image_encoder._SCORE_BUDGET`` scores per block. Softmax is per query row and the online
+# softmax rescales each block's partial sums exactly, so the blocks change the result by
+# float32 rounding only.
 #
 # This lesson runs the whole encoder of the model (``--model micro`` by default) on a
 # synthetic scene with a trace, recomputes the last global block's attention for a query on
@@ -218,16 +221,16 @@ plt.close(fig)
 vb = VIT_B.image_embedding_size ** 2
 print(f"vit_b global block: [{VIT_B.encoder_num_heads}, {vb}, {vb}] scores = "
       f"{VIT_B.encoder_num_heads * vb * vb * 4 / 2**20:.0f} MiB if held whole; minisam holds "
-      f"{enc._SCORE_BUDGET * 4 / 2**20:.0f} MiB chunks")
+      f"blocks of {enc._SCORE_BUDGET * 4 / 2**20:.0f} MiB")
 _lesson.claim(round(VIT_B.encoder_num_heads * vb * vb * 4 / 1e6) == 805, "a ViT-B global block's scores take 805 MB")
-budget, enc._SCORE_BUDGET = enc._SCORE_BUDGET, G * G * 7           # chunks of 7 query rows
+budget, enc._SCORE_BUDGET = enc._SCORE_BUDGET, G * G * 7           # blocks of at most 7 query rows x G*G keys
 try:
-    chunked = sam.image_encoder(x)                                  # [1, C, G, G]
+    blocked = sam.image_encoder(x)                                  # [1, C, G, G]
 finally:
     enc._SCORE_BUDGET = budget
-_lesson.claim(np.abs(chunked - emb).max() <= 1e-6 * np.abs(emb).max(),
-              "chunking the query rows of global attention leaves the embedding unchanged (to float32 rounding)")
-print("embedding with 7-row chunks vs whole: max |diff| =", float(np.abs(chunked - emb).max()))
+_lesson.claim(np.abs(blocked - emb).max() <= 1e-6 * np.abs(emb).max(),
+              "much smaller attention blocks leave the embedding unchanged (to float32 rounding)")
+print("embedding with 7-row blocks vs the default blocks: max |diff| =", float(np.abs(blocked - emb).max()))
 
 
 # %% [markdown]

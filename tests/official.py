@@ -93,6 +93,14 @@ def compare(ref_trace: Dict[str, object], our_trace: Dict[str, object], rtol: fl
     return results
 
 
+def assert_same_params(ref_params: Dict[str, object], our_params: Dict[str, object], label: str) -> None:
+    """minisam gives a gradient for every parameter of the official module, and for no other."""
+    missing = sorted(set(ref_params) - set(our_params))
+    assert not missing, f"{label}: minisam gives no gradient for {missing}"
+    extra = sorted(set(our_params) - set(ref_params))
+    assert not extra, f"{label}: minisam gives gradients for parameters the module lacks: {extra}"
+
+
 def record_grads(model, prefix: str = ""):
     """Forward hooks that keep every named submodule's output tensors and ``retain_grad`` them.
 

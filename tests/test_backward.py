@@ -38,7 +38,7 @@ from minisam.config import VIT_B
 from minisam.modeling.mask_decoder import mask_decoder as readable_mask_decoder
 
 from conftest import TINY_CONFIGS, official_model
-from official import compare, grads_of, record_grads, rel_err, torch_device
+from official import assert_same_params, compare, grads_of, record_grads, rel_err, torch_device
 
 RTOL = {np.float64: 1e-9, np.float32: 1e-4}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
@@ -95,10 +95,7 @@ def decoder_grads_both(cfg, kind, multimask, dtype, seed=0):
 
 
 def check_all(ref, ours, rtol, label):
-    missing = sorted(set(ref["params"]) - set(ours["params"]))
-    assert not missing, f"{label}: minisam gives no gradient for {missing}"
-    extra = sorted(set(ours["params"]) - set(ref["params"]))
-    assert not extra, f"{label}: minisam gives gradients for parameters the module lacks: {extra}"
+    assert_same_params(ref["params"], ours["params"], label)
     unmatched = sorted(set(ours["modules"]) - set(ref["modules"]))
     assert not unmatched, f"{label}: module gradients with no reference: {unmatched}"
     # A key projection's bias adds q . b_k to every score of a softmax row, which the softmax

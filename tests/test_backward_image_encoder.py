@@ -34,7 +34,7 @@ from minisam.checkpoints.param_tree import flatten, nest
 from minisam.config import MICRO, VIT_B
 
 from conftest import TINY_CONFIGS, official_model
-from official import compare, grads_of, record_grads, rel_err, torch_device
+from official import assert_same_params, compare, grads_of, record_grads, rel_err, torch_device
 
 RTOL = {np.float64: 1e-9, np.float32: 1e-4}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
@@ -90,10 +90,7 @@ def encoder_grads_both(cfg, dtype, seed=0, batch=2, rel_pos_lengths=None):
 
 
 def check_all(ref, ours, rtol, label):
-    missing = sorted(set(ref["params"]) - set(ours["params"]))
-    assert not missing, f"{label}: minisam gives no gradient for {missing}"
-    extra = sorted(set(ours["params"]) - set(ref["params"]))
-    assert not extra, f"{label}: minisam gives gradients for parameters the module lacks: {extra}"
+    assert_same_params(ref["params"], ours["params"], label)
     assert set(ref["modules"]) == set(ours["modules"]), sorted(set(ref["modules"]) ^ set(ours["modules"]))
     worst = {}
     for part in ("forward", "inputs", "params", "modules"):

@@ -155,9 +155,7 @@ def test_encoder_parity_tiny_variants(name, variant, monkeypatch):
     windows through the Numba kernel (``_WINDOW_ATTENTION = "numba"``), or every attention call
     (windows too) through the blocked kernel with one key-grid row per key block and a few query
     rows per task, so the online softmax runs over every key row."""
-    from conftest import TINY_CONFIGS
-    from official import compare
-    from test_image_encoder import TINY_RTOL, _official_encoder_trace, _params
+    from test_image_encoder import encoder_parity_tiny
     import minisam.kernels.image_encoder as enc
     if variant == "numba windows":
         monkeypatch.setattr(enc, "_WINDOW_ATTENTION", "numba")
@@ -165,10 +163,4 @@ def test_encoder_parity_tiny_variants(name, variant, monkeypatch):
         monkeypatch.setattr(enc, "_SMALL_T", 0)
         monkeypatch.setattr(enc, "_KEY_ROWS", 1)
         monkeypatch.setattr(enc, "_SCORE_BUDGET", 40)
-    cfg = TINY_CONFIGS[name]
-    seed = list(TINY_CONFIGS).index(name)
-    x = np.random.default_rng(seed).standard_normal((2, 3, cfg.img_size, cfg.img_size)).astype(np.float32)
-    ref = _official_encoder_trace(cfg, seed, x)
-    ours = {}
-    enc.image_encoder(_params(cfg, seed)["image_encoder"], cfg, x, trace=ours)
-    compare(ref, ours, TINY_RTOL, label=f"encoder {name} ({variant})")
+    encoder_parity_tiny(name, enc.image_encoder, f"encoder {name} ({variant})")

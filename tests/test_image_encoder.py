@@ -46,6 +46,20 @@ def _official_encoder_trace(cfg, seed, x):
     return trace
 
 
+def encoder_parity_tiny(name, image_encoder, label, require=()):
+    """``image_encoder`` against the official encoder on ``TINY_CONFIGS[name]`` (weights and a random
+    [2, 3, S, S] batch from the config's seed), every traced intermediate within TINY_RTOL.
+    Returns (the output, minisam's trace)."""
+    cfg = TINY_CONFIGS[name]
+    seed = list(TINY_CONFIGS).index(name)
+    x = np.random.default_rng(seed).standard_normal((2, 3, cfg.img_size, cfg.img_size)).astype(np.float32)
+    ref = _official_encoder_trace(cfg, seed, x)
+    ours = {}
+    out = image_encoder(_params(cfg, seed)["image_encoder"], cfg, x, trace=ours)  # [2, C, G, G]
+    compare(ref, ours, TINY_RTOL, require=require, label=label)
+    return out, ours
+
+
 @pytest.mark.parametrize("path", ["readable", "auto", "chunked"])
 @pytest.mark.parametrize("name", list(TINY_CONFIGS))
 def test_encoder_parity_tiny(name, path, monkeypatch):
@@ -58,20 +72,15 @@ def test_encoder_parity_tiny(name, path, monkeypatch):
         monkeypatch.setattr(enc, "_SMALL_T", 0)
         monkeypatch.setattr(enc, "_SCORE_BUDGET", 100)
     cfg = TINY_CONFIGS[name]
-    seed = list(TINY_CONFIGS).index(name)
-    x = np.random.default_rng(seed).standard_normal((2, 3, cfg.img_size, cfg.img_size)).astype(np.float32)
-    ref = _official_encoder_trace(cfg, seed, x)
-    ours = {}
-    out = image_encoder(_params(cfg, seed)["image_encoder"], cfg, x, trace=ours)
-    assert out.dtype == np.float32 and out.shape == (2, cfg.prompt_embed_dim, cfg.image_embedding_size,
-                                                      cfg.image_embedding_size)
     e = "image_encoder"
     require = [e, e + ".patch_embed", e + ".patch_embed.proj"] + [f"{e}.neck.{i}" for i in range(4)]
     for i in range(cfg.encoder_depth):
         b = f"{e}.blocks.{i}"
         require += [b, b + ".attn", b + ".attn.qkv", b + ".attn.proj", b + ".norm1", b + ".norm2",
                     b + ".mlp", b + ".mlp.lin1", b + ".mlp.act", b + ".mlp.lin2"]
-    compare(ref, ours, TINY_RTOL, require=require, label=f"encoder {name}")
+    out, ours = encoder_parity_tiny(name, image_encoder, f"encoder {name}", require=require)
+    assert out.dtype == np.float32 and out.shape == (2, cfg.prompt_embed_dim, cfg.image_embedding_size,
+                                                      cfg.image_embedding_size)
     np.testing.assert_array_equal(out, ours[e])
 
 

@@ -40,7 +40,7 @@ FIGURES = {
     "08": ["08_three_masks.png", "08_single_mask_multi_point.png", "08_iou_calibration.png"],
     "09": ["focal_curves.png", "focal_heatmap.png"],
     "10": ["rounds_strip.png", "rounds_curves.png"],
-    "11": ["grid.png", "filters.png", "overlay.png"],
+    "11": ["grid.png", "crops.png", "overlay.png"],
     "12": ["12_times.png", "12_roofline.png"],
     "13": ["zero_shot_instances.png", "limits.png"],
     "14": ["14_sam2.png"],

@@ -167,6 +167,45 @@ def _interactive_rounds(model, embeddings, targets_np, rng, first_prompt, size, 
     return total / len(graded)
 
 
+def draw_batch(rng, size, recipe):
+    """One training step's batch, drawn from ``rng`` in the order both engines share (and a resumed
+    run repeats): the scenes, each image's targets (up to ``masks_per_image`` of its masks), then
+    the kind of the first prompt. The rounds draw after these.
+
+    Returns (scenes, owner, targets, first_prompt): ``owner[m]`` is the image of target ``m``,
+    ``targets`` the target masks, ``first_prompt`` "box" or "point".
+    """
+    scenes = [make_scene(rng, size, min_area=recipe.get("scene_min_area", 0)) for _ in range(recipe["batch_images"])]
+    owner, targets = [], []
+    for b, s in enumerate(scenes):
+        pick = rng.choice(len(s.masks), size=min(recipe["masks_per_image"], len(s.masks)), replace=False)
+        owner += [b] * len(pick)
+        targets += [s.masks[i] for i in pick]
+    first_prompt = "box" if rng.random() < 0.5 else "point"
+    return scenes, np.array(owner), np.stack(targets), first_prompt  # [M], [M, S, S]
+
+
+def _validation_line(rec) -> str:
+    return (f"step {rec['step']}: loss {rec['loss']:.4f}  val point IoU {rec['val_point_iou']:.3f}  "
+            f"box IoU {rec['val_box_iou']:.3f}  ({rec['time_s']:.0f} s)")
+
+
+def _save_or_stop(step, steps, rec, run, save_every, max_minutes):
+    """(save the training state now, end this run now) after step ``step + 1`` of ``steps``: the
+    state is saved every ``save_every`` steps, at each validation (``rec`` has its IoU) and when
+    the run has used its ``max_minutes``, where it ends unless that was the last step."""
+    out_of_time = max_minutes is not None and run["seconds"] >= 60 * max_minutes
+    save = (step + 1) % save_every == 0 or "val_point_iou" in rec or out_of_time
+    return save, out_of_time and step + 1 < steps
+
+
+def _stopped(log, step, steps, run, out_dir, history, runs):
+    """What an unfinished run returns, after telling how to continue it."""
+    log(f"stopping after step {step + 1} of {steps} ({run['seconds'] / 60:.1f} min); "
+        f"continue with --resume {out_dir}")
+    return {"checkpoint": None, "history": history, "runs": runs, "finished": False}
+
+
 def _lr(step, steps, peak, warmup):
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -315,22 +354,16 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, recipe["lr"], warmup)
-        scenes = [make_scene(rng, size, min_area=min_area) for _ in range(recipe["batch_images"])]
+        scenes, owner, targets, first = draw_batch(rng, size, recipe)  # [M], [M, H, W]
         images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()  # [B, 3, H, W]
         embeddings = model.image_encoder(model.preprocess(images))      # [B, C, G, G]
-        owner, targets = [], []
-        for b, s in enumerate(scenes):
-            pick = rng.choice(len(s.masks), size=min(recipe["masks_per_image"], len(s.masks)), replace=False)
-            owner += [b] * len(pick)
-            targets += [s.masks[i] for i in pick]
-        first = "box" if rng.random() < 0.5 else "point"
         single = step < recipe["single_round_steps"]   # the curriculum's first phase: the initial prompt only
         if single:
-            loss = 0.5 * sum(_interactive_rounds(model, embeddings[owner], np.stack(targets), rng, kind, size,
+            loss = 0.5 * sum(_interactive_rounds(model, embeddings[owner], targets, rng, kind, size,
                                                  recipe["graded_rounds"], 1, recipe["iou_outputs"])
                              for kind in ("point", "box"))
         else:
-            loss = _interactive_rounds(model, embeddings[owner], np.stack(targets), rng, first, size,
+            loss = _interactive_rounds(model, embeddings[owner], targets, rng, first, size,
                                        recipe["graded_rounds"], None, recipe["iou_outputs"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -347,17 +380,14 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
             model.eval()
             rec["val_point_iou"], rec["val_box_iou"] = _val_torch(model, val_scenes, size)
             model.train()
-            log(f"step {step + 1}: loss {rec['loss']:.4f}  val point IoU {rec['val_point_iou']:.3f}  "
-                f"box IoU {rec['val_box_iou']:.3f}  ({rec['time_s']:.0f} s)")
+            log(_validation_line(rec))
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        out_of_time = max_minutes is not None and run["seconds"] >= 60 * max_minutes
-        if (step + 1) % save_every == 0 or "val_point_iou" in rec or out_of_time:
+        save_now, stop_now = _save_or_stop(step, steps, rec, run, save_every, max_minutes)
+        if save_now:
             _save_state(out_dir, model, opt, step + 1, rng, recipe, cfg, history, runs)
-        if out_of_time and step + 1 < steps:
-            log(f"stopping after step {step + 1} of {steps} ({run['seconds'] / 60:.1f} min); "
-                f"continue with --resume {out_dir}")
-            return {"checkpoint": None, "history": history, "runs": runs, "finished": False}
+        if stop_now:
+            return _stopped(log, step, steps, run, out_dir, history, runs)
     model.eval()
     path = os.path.join(out_dir, "microsam_shapes.pth")
     torch.save(model.state_dict(), path)

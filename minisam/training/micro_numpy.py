@@ -57,6 +57,7 @@ from minisam.config import MICRO, expected_shapes
 from minisam.errors import MinisamError
 from minisam.training.decoder_training import interactive_rounds
 from minisam.training.interactive import mask_box
+from minisam.training.micro import VAL_SEED, _lr, _save_or_stop, _stopped, _validation_line, draw_batch
 from minisam.training.optim import adamw_init, adamw_step, clip_grad_norm
 from minisam.training.shapes import interior_point, make_scene
 
@@ -134,16 +135,9 @@ def train_step(params, opt_state, cfg, rng, recipe: Dict, step: int, lr: float) 
     """
     size = cfg.img_size
     dtype = params["mask_decoder"]["iou_token"]["weight"].dtype
-    scenes = [make_scene(rng, size, min_area=recipe.get("scene_min_area", 0)) for _ in range(recipe["batch_images"])]
+    scenes, owner, targets, first = draw_batch(rng, size, recipe)  # [M], [M, S, S]
     x = preprocess(np.stack([s.image for s in scenes]), cfg, dtype)  # [I, 3, S, S]
     embeddings, encoder_cache = image_encoder_forward(params["image_encoder"], cfg, x)  # [I, C, G, G]
-    owner, targets = [], []
-    for b, s in enumerate(scenes):
-        pick = rng.choice(len(s.masks), size=min(recipe["masks_per_image"], len(s.masks)), replace=False)
-        owner += [b] * len(pick)
-        targets += [s.masks[i] for i in pick]
-    owner, targets = np.array(owner), np.stack(targets)  # [M], [M, S, S]
-    first = "box" if rng.random() < 0.5 else "point"
     single = step < recipe["single_round_steps"]
     kw = dict(graded_rounds=recipe["graded_rounds"], iou_outputs=recipe["iou_outputs"], embedding_grad=True)
     if single:  # the curriculum's first phase: a point and a box for every target, one round each
@@ -273,7 +267,6 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
     from minisam.checkpoints.formats import load_state_dict, save_checkpoint
     from minisam.config import make_config
     from minisam.kernels.threads import get_num_threads, set_num_threads
-    from minisam.training.micro import VAL_SEED, _lr
 
     if threads:
         set_num_threads(threads)
@@ -337,17 +330,14 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
         if (step + 1) % recipe["val_every"] == 0 or step + 1 == steps:
             save_model("last_checkpoint.pth")
             rec["val_point_iou"], rec["val_box_iou"] = validate(params, cfg, val_scenes)
-            log(f"step {step + 1}: loss {rec['loss']:.4f}  val point IoU {rec['val_point_iou']:.3f}  "
-                f"box IoU {rec['val_box_iou']:.3f}  ({rec['time_s']:.0f} s)")
+            log(_validation_line(rec))
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        out_of_time = max_minutes is not None and run["seconds"] >= 60 * max_minutes
-        if (step + 1) % save_every == 0 or "val_point_iou" in rec or out_of_time:
+        save_now, stop_now = _save_or_stop(step, steps, rec, run, save_every, max_minutes)
+        if save_now:
             save_state(out_dir, params, opt_state, step + 1, rng, recipe, cfg, history, runs, dtype)
-        if out_of_time and step + 1 < steps:
-            log(f"stopping after step {step + 1} of {steps} ({run['seconds'] / 60:.1f} min); "
-                f"continue with --resume {out_dir}")
-            return {"checkpoint": None, "history": history, "runs": runs, "finished": False}
+        if stop_now:
+            return _stopped(log, step, steps, run, out_dir, history, runs)
     path = os.path.join(out_dir, "microsam_shapes.pth")
     save_model("microsam_shapes.pth")
     save_state(out_dir, params, opt_state, steps, rng, recipe, cfg, history, runs, dtype)

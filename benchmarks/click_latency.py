@@ -37,8 +37,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_worker_args, describe_minisam, fmt_times, header, load_average,  # noqa: E402
-                    minisam_env_info, photo, run_json, save_random_vit_b, start_worker, worker_env)
+from common import (add_worker_args, describe_minisam, fmt_times, header, minisam_env_info, photo,  # noqa: E402
+                    print_ending, run_json, save_random_vit_b, start_worker, verdict, worker_env)
 
 TARGETS_MS = {"micro": 50.0, "vit_b": 300.0}
 
@@ -183,8 +183,8 @@ def main(argv=None) -> int:
         target = TARGETS_MS[model]
         share = ms(r["results"]["plain"]["decoder"]) / click
         print(f"{model}: click to redrawn mask {click:.1f} ms (median), target <= {target:.0f} ms: "
-              f"{'met' if click <= target else 'NOT met'}; decoder share {share:.0%}")
-    print(f"{load_average()} at the end")
+              f"{verdict(click <= target)}; decoder share {share:.0%}")
+    print_ending()
     return 0
 
 

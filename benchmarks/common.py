@@ -15,6 +15,7 @@ set at run time. Every report then says which kernel ran (threadpoolctl ``archit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -99,6 +100,29 @@ def describe_minisam(info: dict) -> list:
     return lines
 
 
+def describe_worker(info: dict) -> list:
+    """What ran a worker, from its first answer: minisam's BLAS and Numba set-up, or the torch or
+    onnxruntime version and threads."""
+    if "onnxruntime" in info:
+        return [f"onnxruntime {info['onnxruntime']}, {info['ort_threads']} intra-op threads, "
+                f"{', '.join(info['providers'])}"]
+    if "torch" in info:
+        return [f"torch {info['torch']}, {info['torch_threads']} threads"]
+    return describe_minisam(info)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def print_ending(rss=None, sides=None) -> None:
+    """A report's last lines: the peak RSS of the two ``sides`` (when given) and the load average."""
+    if sides:
+        a, b = sides
+        print(f"peak RSS {a}/{b}: {rss[a]:.0f} / {rss[b]:.0f} MB")
+    print(f"{load_average()} at the end")
+
+
 # --------------------------------------------------------------------------- workers
 
 def add_worker_args(ap, workers=("minisam", "official", "prepare")) -> None:
@@ -153,6 +177,30 @@ def stop(procs) -> None:
         except OSError:
             pass
         proc.wait()
+
+
+@contextlib.contextmanager
+def workers(script: str, sides, args_of, env_of):
+    """One worker a side (``args_of(side)``, ``env_of(side)``), started one at a time so that their
+    set-ups do not overlap. Yields (procs, info): the workers and each one's first answer; stops
+    them all on the way out."""
+    procs, info = {}, {}
+    try:
+        for side in sides:
+            procs[side] = start_worker(script, args_of(side), env_of(side))
+            info[side] = ask(procs[side])
+        yield procs, info
+    finally:
+        stop(procs.values())
+
+
+def interleaved(procs: dict, commands, repeats: int):
+    """Each of ``commands`` sent to every worker in turn, ``repeats`` times over, so that a change in
+    machine load hits every side alike. Yields (side, command, answer)."""
+    for _ in range(repeats):
+        for command in commands:
+            for side, proc in procs.items():
+                yield side, command, ask(proc, command)
 
 
 def run_json(script: str, args: list, env: dict) -> dict:

@@ -24,8 +24,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_worker_args, answer, ask, describe_minisam, fmt_times, header, load_average,  # noqa: E402
-                    minisam_env_info, rss_mb, save_random_vit_b, start_worker, stop, timed, worker_env)
+from common import (add_worker_args, answer, describe_worker, fmt_times, header, interleaved,  # noqa: E402
+                    minisam_env_info, print_ending, rss_mb, save_random_vit_b, start_worker, timed, verdict,
+                    worker_env, workers)
 
 TARGET = 1.5
 LR, WEIGHT_DECAY, CLIP = 8e-4, 0.1, 1.0
@@ -125,38 +126,28 @@ def main(argv=None) -> int:
     print(header("decoder training step at vit_b sizes: 8 masks from 2 images, 11 rounds (4 supervised), "
                  "losses at 1024 x 1024, clip + AdamW", args.threads), flush=True)
     sides = ("numpy", "torch")
-    procs, info, times, losses, rss = {}, {}, {s: [] for s in sides}, {s: [] for s in sides}, {}
+    times, losses, rss = {s: [] for s in sides}, {s: [] for s in sides}, {}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, "vit_b_random.pth")
         if start_worker(__file__, ["--worker", "prepare", "--checkpoint", ckpt], worker_env("official")).wait():
             raise RuntimeError("could not prepare the random vit_b checkpoint")
-        try:
-            for side in sides:
-                env = worker_env("minisam" if side == "numpy" else "official", args.threads, args.keep_blas_env)
-                procs[side] = start_worker(__file__, ["--worker", side, "--checkpoint", ckpt], env)
-                info[side] = ask(procs[side])
-            for _ in range(args.repeats):
-                for side in sides:
-                    r = ask(procs[side], "run")
-                    times[side].append(r["time"])
-                    losses[side].append(r["loss"])
-                    rss[side] = r["peak_rss_mb"]
-        finally:
-            stop(procs.values())
+        with workers(__file__, sides, lambda side: ["--worker", side, "--checkpoint", ckpt],
+                     lambda side: worker_env("minisam" if side == "numpy" else "official", args.threads,
+                                             args.keep_blas_env)) as (procs, info):
+            for side, _, r in interleaved(procs, ["run"], args.repeats):
+                times[side].append(r["time"])
+                losses[side].append(r["loss"])
+                rss[side] = r["peak_rss_mb"]
     for side in sides:
         i = info[side]
         print(f"\n[{side}] first step {i['first_step_s']:.2f} s (loss {i['first_loss']:.4f}); peak RSS {rss[side]:.0f} MB")
         print(f"  step median {statistics.median(times[side]):.2f} s  (runs: {fmt_times(times[side])} s; "
               f"losses {', '.join(f'{x:.4f}' for x in losses[side])})")
-        if side == "numpy":
-            for line in describe_minisam(i):
-                print("  " + line)
-        else:
-            print(f"  torch {i['torch']}, {i['torch_threads']} threads")
+        for line in describe_worker(i):
+            print("  " + line)
     tn, tt = statistics.median(times["numpy"]), statistics.median(times["torch"])
-    print(f"\nstep time numpy/torch: {tn / tt:.2f}x (target <= {TARGET}x: {'met' if tn / tt <= TARGET else 'NOT met'})")
-    print(f"peak RSS numpy/torch: {rss['numpy']:.0f} / {rss['torch']:.0f} MB")
-    print(f"{load_average()} at the end")
+    print(f"\nstep time numpy/torch: {tn / tt:.2f}x (target <= {TARGET}x: {verdict(tn / tt <= TARGET)})")
+    print_ending(rss, sides)
     return 0
 
 

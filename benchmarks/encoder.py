@@ -43,8 +43,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_worker_args, answer, ask, describe_minisam, fmt_times, header, load_average,  # noqa: E402
-                    minisam_env_info, start_worker, stop, synthetic_image, timed, worker_env)
+from common import (add_worker_args, answer, ask, describe_worker, fmt_times, header, interleaved,  # noqa: E402
+                    minisam_env_info, print_ending, start_worker, stop, synthetic_image, timed, verdict,
+                    worker_env, workers)
 
 SIDES = ("minisam", "official", "onnxruntime")
 ONNX_OPSET = 17
@@ -376,7 +377,7 @@ def main(argv=None) -> int:
                  args.threads))
     print(f"encoder: {gflop:.1f} GFLOP per forward; median of {args.repeats} interleaved runs after one warm-up "
           f"set_image per side; sides: {', '.join(sides)}", flush=True)
-    procs, info, times, enc_times, rss = {}, {}, {s: [] for s in sides}, {s: [] for s in sides}, {}
+    times, enc_times, rss = {s: [] for s in sides}, {s: [] for s in sides}, {}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, f"{args.model}_random.pth")
         onnx_path = os.path.join(tmp, f"{args.model}_image_encoder.onnx")
@@ -389,18 +390,13 @@ def main(argv=None) -> int:
         if "export_s" in prep_info:
             print(f"official image encoder exported to ONNX (opset {ONNX_OPSET}, torch.onnx.export) in "
                   f"{prep_info['export_s']:.1f} s: {prep_info['onnx_mb']:.0f} MB", flush=True)
-        try:
-            for side in sides:                       # one at a time, so set-ups do not overlap
-                procs[side] = start_worker(__file__, ["--worker", side, "--model", args.model, "--checkpoint", ckpt,
-                                                      "--onnx", onnx_path, "--gemm-n", str(args.gemm_n)],
-                                           worker_env(side, args.threads, args.keep_blas_env))
-                info[side] = ask(procs[side])
-            for _ in range(args.repeats):
-                for side in sides:
-                    r = ask(procs[side], "run")
-                    times[side].append(r["time"])
-                    enc_times[side].append(r["encoder_time"])
-                    rss[side] = r["peak_rss_mb"]
+        with workers(__file__, sides, lambda side: ["--worker", side, "--model", args.model, "--checkpoint", ckpt,
+                                                    "--onnx", onnx_path, "--gemm-n", str(args.gemm_n)],
+                     lambda side: worker_env(side, args.threads, args.keep_blas_env)) as (procs, info):
+            for side, _, r in interleaved(procs, ["run"], args.repeats):
+                times[side].append(r["time"])
+                enc_times[side].append(r["encoder_time"])
+                rss[side] = r["peak_rss_mb"]
             embs = {}
             for side in sides:
                 path = os.path.join(tmp, side + ".npy")
@@ -411,8 +407,6 @@ def main(argv=None) -> int:
                 for variant in [v.strip() for v in args.window_attention.split(",") if v.strip()]:
                     profiles.append(ask(procs["minisam"], "profile " + variant))
             sweep = ask(procs["minisam"], "sweep") if args.sweep else None
-        finally:
-            stop(procs.values())
     peak = info["minisam"]["gemm_gflops"]
     print(f"\nthis machine's float32 GEMM peak: {peak:.0f} GFLOP/s (NumPy sgemm {args.gemm_n}^3, best of 3, "
           f"in the minisam worker)")
@@ -424,13 +418,8 @@ def main(argv=None) -> int:
         print(f"  first set_image (warm-up) {i['warmup_s']:.2f} s; peak RSS (VmHWM): after loading "
               f"{i['rss_loaded_mb']:.0f} MB, load + one set_image {i['rss_first_mb']:.0f} MB, after every run "
               f"{rss[side]:.0f} MB")
-        if side == "minisam":
-            for line in describe_minisam(i):
-                print("  " + line)
-        elif side == "official":
-            print(f"  torch {i['torch']}, {i['torch_threads']} threads")
-        else:
-            print(f"  onnxruntime {i['onnxruntime']}, {i['ort_threads']} intra-op threads, {', '.join(i['providers'])}")
+        for line in describe_worker(i):
+            print("  " + line)
     ref_side = "official" if "official" in embs else "minisam"
     ref = embs[ref_side]
     print()
@@ -446,7 +435,7 @@ def main(argv=None) -> int:
     print(f"minisam encoder at {gflop / em / peak:.0%} of the GEMM peak (target >= 80%)")
     first = info["minisam"]["rss_first_mb"]
     print(f"minisam peak RSS for load + one set_image: {first:.0f} MB (VmHWM of a fresh process; target <= 1000 MB: "
-          f"{'met' if first <= 1000 else 'NOT met'})")
+          f"{verdict(first <= 1000)})")
     for p in profiles:
         print_profile(p, peak)
     if sweep:
@@ -454,7 +443,7 @@ def main(argv=None) -> int:
         for r in sweep["rows"]:
             print(f"  key rows {r['key_rows']:3d}, budget {r['budget']:>8d} floats {str(tuple(r['blocks'])):>16s}: "
                   f"{r['seconds'] * 1e3:8.1f} ms  {r['gflops']:6.1f} GFLOP/s = {r['gflops'] / peak:.0%} of peak")
-    print(f"{load_average()} at the end")
+    print_ending()
     return 0
 
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import header, load_average, worker_env  # noqa: E402
+from common import header, print_ending, verdict, worker_env  # noqa: E402
 
 TARGET_GAIN, TARGET_SECONDS = 0.05, 600
 
@@ -90,9 +90,9 @@ def main(argv=None) -> int:
     print(f"wall time {seconds:.0f} s (the command, including the embeddings and both validations); "
           f"peak RSS {int(vmhwm) / 1024:.0f} MB")
     met = gain >= TARGET_GAIN and seconds <= TARGET_SECONDS
-    print(f"target: point IoU +{TARGET_GAIN} within {TARGET_SECONDS} s: {'met' if met else 'NOT met'} "
+    print(f"target: point IoU +{TARGET_GAIN} within {TARGET_SECONDS} s: {verdict(met)} "
           f"({gain:+.4f} in {seconds:.0f} s)")
-    print(f"{load_average()} at the end")
+    print_ending()
     return 0
 
 

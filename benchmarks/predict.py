@@ -31,8 +31,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_worker_args, answer, ask, describe_minisam, fmt_times, header,  # noqa: E402
-                    load_average, load_official_vit_b, minisam_env_info, photo, rss_mb, save_random_vit_b, start_worker, stop, timed, worker_env)
+from common import (add_worker_args, answer, ask, describe_worker, fmt_times, header, interleaved,  # noqa: E402
+                    load_official_vit_b, minisam_env_info, photo, print_ending, rss_mb, save_random_vit_b,
+                    start_worker, timed, verdict, worker_env, workers)
 
 PREDICT_TARGET = 1.0
 
@@ -136,31 +137,23 @@ def main(argv=None) -> int:
                  f"predict_batch ({args.batch} boxes, 1 mask each)", args.threads), flush=True)
     sides = ("minisam", "official")
     worker_args = ["--batch", str(args.batch), "--height", str(args.height), "--width", str(args.width)]
-    procs, info = {}, {}
     times = {(s, n): [] for s in sides for n in ("predict", "predict_new_image", "predict_batch")}
     rss = {}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, "vit_b_random.pth")
         if start_worker(__file__, ["--worker", "prepare", "--checkpoint", ckpt], worker_env("official")).wait():
             raise RuntimeError("could not prepare the random vit_b checkpoint")
-        try:
-            for side in sides:
-                procs[side] = start_worker(__file__, ["--worker", side, "--checkpoint", ckpt] + worker_args,
-                                           worker_env(side, args.threads, args.keep_blas_env))
-                info[side] = ask(procs[side])
+        with workers(__file__, sides, lambda side: ["--worker", side, "--checkpoint", ckpt] + worker_args,
+                     lambda side: worker_env(side, args.threads, args.keep_blas_env)) as (procs, info):
             for name, n in (("predict", args.repeats), ("predict_new_image", args.repeats), ("predict_batch", 3)):
-                for _ in range(n):
-                    for side in sides:
-                        r = ask(procs[side], "run " + name)
-                        times[side, name].append(r["time"])
-                        rss[side] = r["peak_rss_mb"]
+                for side, _, r in interleaved(procs, ["run " + name], n):
+                    times[side, name].append(r["time"])
+                    rss[side] = r["peak_rss_mb"]
             outs = {}
             for side in sides:
                 path = os.path.join(tmp, side + ".npz")
                 ask(procs[side], "save " + path)
                 outs[side] = dict(np.load(path))
-        finally:
-            stop(procs.values())
 
     for side in sides:
         i = info[side]
@@ -170,11 +163,8 @@ def main(argv=None) -> int:
         for name in ("predict", "predict_new_image", "predict_batch"):
             t = times[side, name]
             print(f"  {name:17s} median {statistics.median(t) * 1e3:8.1f} ms  (runs: {fmt_times(t)} s)")
-        if side == "minisam":
-            for line in describe_minisam(i):
-                print("  " + line)
-        else:
-            print(f"  torch {i['torch']}, {i['torch_threads']} threads")
+        for line in describe_worker(i):
+            print("  " + line)
 
     print()
     for name in ("predict", "predict_batch"):
@@ -184,11 +174,10 @@ def main(argv=None) -> int:
         print(f"{name}: outputs agree: {agree:.6%} of mask pixels, IoU predictions max abs diff {iou_err:.1e}")
     for name in ("predict", "predict_new_image", "predict_batch"):
         tm, to = (statistics.median(times[s, name]) for s in sides)
-        target = (f"; target <= {PREDICT_TARGET}x: {'met' if tm / to <= PREDICT_TARGET else 'NOT met'}"
+        target = (f"; target <= {PREDICT_TARGET}x: {verdict(tm / to <= PREDICT_TARGET)}"
                   if name != "predict_batch" else "")
         print(f"{name} time minisam/official: {tm / to:.2f}x (speed-up {to / tm:.2f}x{target})")
-    print(f"peak RSS minisam/official: {rss['minisam']:.0f} / {rss['official']:.0f} MB")
-    print(f"{load_average()} at the end")
+    print_ending(rss, sides)
     return 0
 
 

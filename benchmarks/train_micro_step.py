@@ -34,9 +34,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_worker_args, answer, ask, describe_minisam, fmt_times, header, load_average,  # noqa: E402
-                    minisam_env_info, numpy_gemm_gflops, rss_mb, start_worker, stop, timed, torch_gemm_gflops,
-                    worker_env)
+from common import (add_worker_args, answer, describe_worker, fmt_times, header, interleaved,  # noqa: E402
+                    minisam_env_info, numpy_gemm_gflops, print_ending, rss_mb, timed, torch_gemm_gflops, verdict,
+                    worker_env, workers)
 
 TARGET = 1.5
 KINDS = ("single", "rounds")
@@ -86,25 +86,18 @@ class Side:
     def _torch_step(self, rng, step, lr):
         """The loop body of minisam.training.micro.train (torch engine), one step."""
         import numpy as np
-        from minisam.training.micro import _interactive_rounds
-        from minisam.training.shapes import make_scene
+        from minisam.training.micro import _interactive_rounds, draw_batch
         torch, model, r, size = self.torch, self.model, self.recipe, self.cfg.img_size
         for g in self.opt.param_groups:
             g["lr"] = lr
-        scenes = [make_scene(rng, size, min_area=r["scene_min_area"]) for _ in range(r["batch_images"])]
-        images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()
-        embeddings = model.image_encoder(model.preprocess(images))
-        owner, targets = [], []
-        for b, s in enumerate(scenes):
-            pick = rng.choice(len(s.masks), size=min(r["masks_per_image"], len(s.masks)), replace=False)
-            owner += [b] * len(pick)
-            targets += [s.masks[i] for i in pick]
-        first = "box" if rng.random() < 0.5 else "point"
+        scenes, owner, targets, first = draw_batch(rng, size, r)  # [M], [M, S, S]
+        images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()  # [B, 3, S, S]
+        embeddings = model.image_encoder(model.preprocess(images))  # [B, C, G, G]
         if step < r["single_round_steps"]:
-            loss = 0.5 * sum(_interactive_rounds(model, embeddings[owner], np.stack(targets), rng, kind, size,
+            loss = 0.5 * sum(_interactive_rounds(model, embeddings[owner], targets, rng, kind, size,
                                                  r["graded_rounds"], 1, r["iou_outputs"]) for kind in ("point", "box"))
         else:
-            loss = _interactive_rounds(model, embeddings[owner], np.stack(targets), rng, first, size,
+            loss = _interactive_rounds(model, embeddings[owner], targets, rng, first, size,
                                        r["graded_rounds"], None, r["iou_outputs"])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -164,25 +157,18 @@ def main(argv=None) -> int:
                  "128 x 128, backward, clip + AdamW)" + (" [--tiny: not a measurement]" if args.tiny else ""),
                  args.threads), flush=True)
     sides = ("numpy", "torch")
-    procs, info, rss = {}, {}, {}
+    rss = {}
     times = {(s, k): [] for s in sides for k in KINDS}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, "micro_init.pth")
         prepare(ckpt, args.tiny)
         extra = ["--tiny"] if args.tiny else []
-        try:
-            for side in sides:
-                env = worker_env("minisam" if side == "numpy" else "official", args.threads, args.keep_blas_env)
-                procs[side] = start_worker(__file__, ["--worker", side, "--checkpoint", ckpt] + extra, env)
-                info[side] = ask(procs[side])
-            for _ in range(args.repeats):
-                for kind in KINDS:
-                    for side in sides:
-                        r = ask(procs[side], f"run {kind}")
-                        times[side, kind].append(r["time"])
-                        rss[side] = r["peak_rss_mb"]
-        finally:
-            stop(procs.values())
+        with workers(__file__, sides, lambda side: ["--worker", side, "--checkpoint", ckpt] + extra,
+                     lambda side: worker_env("minisam" if side == "numpy" else "official", args.threads,
+                                             args.keep_blas_env)) as (procs, info):
+            for side, command, r in interleaved(procs, [f"run {kind}" for kind in KINDS], args.repeats):
+                times[side, command.split()[1]].append(r["time"])
+                rss[side] = r["peak_rss_mb"]
     flops = info["torch"]["flops"]
     for side in sides:
         i = info[side]
@@ -192,18 +178,14 @@ def main(argv=None) -> int:
             print(f"  {kind:>6} step: median {med:.3f} s (runs: {fmt_times(times[side, kind])} s; first "
                   f"{i[f'first_{kind}_s']:.2f} s), {flops[kind] / med / 1e9:.1f} GFLOP/s "
                   f"= {flops[kind] / med / 1e9 / i['gemm_gflops']:.0%} of the GEMM peak")
-        if side == "numpy":
-            for line in describe_minisam(i):
-                print("  " + line)
-        else:
-            print(f"  torch {i['torch']}, {i['torch_threads']} threads")
+        for line in describe_worker(i):
+            print("  " + line)
     print()
     for kind in KINDS:
         tn, tt = statistics.median(times["numpy", kind]), statistics.median(times["torch", kind])
         print(f"{kind:>6} step ({flops[kind] / 1e9:.2f} GFLOP): numpy/torch {tn / tt:.2f}x "
-              f"(target <= {TARGET}x: {'met' if tn / tt <= TARGET else 'NOT met'})")
-    print(f"peak RSS numpy/torch: {rss['numpy']:.0f} / {rss['torch']:.0f} MB")
-    print(f"{load_average()} at the end")
+              f"(target <= {TARGET}x: {verdict(tn / tt <= TARGET)})")
+    print_ending(rss, sides)
     return 0
 
 

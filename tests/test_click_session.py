@@ -150,7 +150,7 @@ def check(session, view, ref, mask_input):
     for k, im in enumerate(view.thumbs):
         np.testing.assert_array_equal(np.asarray(im.get_array())[..., 3] > 0,
                                       masks[k][view.thumb_rows][:, view.thumb_cols])
-        assert f"IoU {scores[k]:.3f}" in view.strip[k].get_title()
+        assert f"IoU {scores[k]:.3f}" in view.strip_titles[k].get_text()
 
 
 def test_events_give_the_predictors_masks_with_fed_back_logits(sam, scene, tmp_path):
@@ -218,6 +218,47 @@ def test_events_give_the_predictors_masks_with_fed_back_logits(sam, scene, tmp_p
     assert session.feed_logits
 
 
+def test_blitted_updates_equal_a_full_draw(sam, scene, tmp_path):
+    """A prompt redraws only what it changes over a cached background (no full draw); after each
+    kind of action the canvas must hold exactly the pixels a full draw of the figure gives."""
+    session, view = make_view(sam, scene, tmp_path)
+    canvas = view.fig.canvas
+    full_draws = []
+    canvas.mpl_connect("draw_event", lambda event: full_draws.append(event))
+    (ax, ay), (bx, by), (gx, gy) = targets(scene)
+    actions = [("positive click", lambda: click(view, ax, ay)),
+               ("negative click", lambda: click(view, gx, gy, button=3)),
+               ("second positive click", lambda: click(view, bx, by)),
+               ("cycle", lambda: press_key(view, "c")),
+               ("choose mask 1", lambda: [mouse(view, name, 0, 0, where=view.strip[0].transAxes.transform((0.5, 0.5)))
+                                          for name in ("button_press_event", "button_release_event")]),
+               ("box drag", lambda: (mouse(view, "button_press_event", 5, 5),
+                                     mouse(view, "motion_notify_event", 70, 60),
+                                     mouse(view, "button_release_event", 70, 60))),
+               ("internals on", lambda: press_key(view, "i")),
+               ("click with internals", lambda: click(view, bx, by)),
+               ("help", lambda: press_key(view, "h")),
+               ("undo", lambda: press_key(view, "u")),
+               ("reset", lambda: press_key(view, "r"))]
+    full_draw = {}
+    for name, act in actions:  # first without looking, counting the full draws
+        draws = len(full_draws)
+        act()
+        full_draw[name] = len(full_draws) > draws
+    # the first update takes the background, and a switch of the internals panels (on, or off by
+    # the reset emptying them) draws a new one; every other update is blitted
+    assert [name for name, drew in full_draw.items() if drew] == ["positive click", "internals on", "reset"], \
+        full_draw
+    press_key(view, "i")
+    for name, act in actions:  # then comparing each update with a full draw
+        act()
+        shown = np.array(canvas.buffer_rgba())  # [H, W, 4]
+        canvas.draw()
+        drawn = np.asarray(canvas.buffer_rgba())
+        differ = np.any(shown != drawn, axis=-1)
+        assert not differ.any(), f"after {name}: {differ.sum()} pixels differ from a full draw"
+
+
 def test_clicks_off_the_image_do_nothing(sam, scene, tmp_path):
     session, view = make_view(sam, scene, tmp_path)
     # on the key list, right of every axes
@@ -272,8 +313,8 @@ def test_saved_files_are_what_is_shown(sam, scene, tmp_path):
             assert rec["predicted_iou"] == float(st.scores[k])
             assert rec["stability_score"] == float(st.stability[k])
             assert rec["area"] == int(st.masks[k].sum())
-            assert f"IoU {rec['predicted_iou']:.3f}" in view.strip[k].get_title()
-            assert f"stability {rec['stability_score']:.3f}" in view.strip[k].get_title()
+            assert f"IoU {rec['predicted_iou']:.3f}" in view.strip_titles[k].get_text()
+            assert f"stability {rec['stability_score']:.3f}" in view.strip_titles[k].get_text()
     assert not [f for f in os.listdir(out) if f.endswith(".part")]
 
 

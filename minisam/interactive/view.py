@@ -12,6 +12,13 @@ axes are the image pixel coordinates the session takes) and redraws what the ses
   the model input frame (S x S, the image top-left, the padding dashed off);
 - a status line, the key list, and with ``a`` every automatic mask.
 
+A prompt redraws only what it changes (blitting, as in matplotlib's animation guide): the
+figure without those artists is drawn once and kept as a pixel background, and each update
+restores it and draws the changed artists on top, which is several times faster than drawing the
+whole figure. The background is drawn again when the figure's size, the image axes' view
+(zoom), the automatic masks or the internals switch change; canvases that cannot blit draw the
+whole figure.
+
 Slow work (the image embedding, the automatic masks) runs in a background thread when the
 canvas has an event loop, with its progress in the status line; on a non-interactive canvas
 (Agg, in tests and benchmarks) it runs at once. Large images are shown subsampled to at most
@@ -82,6 +89,9 @@ class ClickView:
         self._screen = None
         self._timer = None
         self._progress = ""
+        self._background = None  # the figure drawn without the artists a prompt changes (pixels)
+        self._background_key = None
+        self._capturing = False
         manager = getattr(canvas, "manager", None)
         handler = getattr(manager, "key_press_handler_id", None)
         if handler is not None:  # matplotlib's keys (s saves the figure, f full screen, ...) would clash
@@ -135,7 +145,7 @@ class ClickView:
                             bbox=dict(facecolor="white", alpha=0.9, edgecolor="grey"))
 
         fig.text(0.635, 0.885, "the 3 masks (click one to show it)", fontsize=9, va="top")
-        self.strip, self.thumbs = [], []
+        self.strip, self.thumbs, self.strip_titles = [], [], []
         thumb = s.image[self.thumb_rows][:, self.thumb_cols]  # [Ht, Wt, 3]
         for k in range(3):
             a = fig.add_axes([0.635, 0.60 - 0.285 * k, 0.17, 0.2])
@@ -143,6 +153,10 @@ class ClickView:
             self.thumbs.append(a.imshow(np.zeros((Ht, Wt, 4), np.uint8), extent=extent, interpolation="nearest"))
             a.set_xticks([])
             a.set_yticks([])
+            # a fixed text, not the axes title: matplotlib moves a title that is hidden while the
+            # background is drawn
+            self.strip_titles.append(a.text(0.5, 1.03, "", transform=a.transAxes, ha="center", va="bottom",
+                                            fontsize=9))
             self.strip.append(a)
 
         fig.text(0.83, 0.885, "keys", fontsize=10, va="top", weight="bold")
@@ -159,9 +173,9 @@ class ClickView:
             a.set_visible(False)
             self.panel_axes.append(a)
             self.panels[key] = None
-        self.panel_hint = fig.text(0.012, 0.13, "press i: the decoder's internals for the shown mask (its output "
+        self.panel_hint = fig.text(0.012, 0.13, "press i: the decoder's internals for the shown mask\n(its output "
                                    "token's attention, the positional encoding, the low-res logits)",
-                                   fontsize=9, color="dimgrey")
+                                   fontsize=9, color="dimgrey", va="center")
 
     def _help_text(self) -> str:
         return "\n".join([
@@ -219,16 +233,17 @@ class ClickView:
             x0, y0, x1, y1 = s.drag_box
             self.drag.set_bounds(x0, y0, x1 - x0, y1 - y0)
         self._draw_automatic()
-        for k, (a, im) in enumerate(zip(self.strip, self.thumbs)):
+        for k, (a, im, title) in enumerate(zip(self.strip, self.thumbs, self.strip_titles)):
             if st.empty:
                 im.set_data(np.zeros(im.get_array().shape, np.uint8))
-                a.set_title(f"mask {k + 1}", fontsize=9)
+                title.set_text(f"mask {k + 1}")
+                title.set_fontweight("normal")
                 color, width = "black", 0.8
             else:
                 im.set_data(self._mask_rgba(st.masks[k], self.thumb_rows, self.thumb_cols))
                 shown = " (shown)" if k == st.chosen else ""
-                a.set_title(f"mask {k + 1}{shown}: IoU {st.scores[k]:.3f}\nstability {st.stability[k]:.3f}",
-                            fontsize=9, weight="bold" if shown else "normal")
+                title.set_text(f"mask {k + 1}{shown}: IoU {st.scores[k]:.3f}\nstability {st.stability[k]:.3f}")
+                title.set_fontweight("bold" if shown else "normal")
                 color, width = ("darkorange", 3.0) if shown else ("black", 0.8)
             for spine in a.spines.values():
                 spine.set_edgecolor(color)
@@ -236,7 +251,54 @@ class ClickView:
         self.side.set_text(self._side_text())
         self.help.set_visible(s.show_help)
         self._draw_internals()
-        self.fig.canvas.draw_idle()
+        self._show()
+
+    # ------------------------------------------------------------------ blitting
+
+    def _changing_artists(self) -> list:
+        """What a prompt changes, in drawing order: drawn over the background at each update."""
+        strip = self.strip_titles + [sp for a in self.strip for sp in a.spines.values()]
+        image = sorted([self.overlay, self.box, self.drag, *self.ax.spines.values(), self.help, self.pos, self.neg],
+                       key=lambda a: a.get_zorder())  # as a full draw of the axes orders them
+        return image + list(self.thumbs) + strip + [self.status, self.side] + self.panel_axes
+
+    def _background_state(self) -> tuple:
+        """What the background depends on: the figure's pixel size, the image axes' view, and the
+        artists that stay the same from one prompt to the next but change on a key."""
+        s = self.session
+        auto = id(getattr(self, "_auto_drawn", None)) if self.auto_overlay.get_visible() else None
+        return (tuple(self.fig.bbox.bounds), tuple(self.ax.viewLim.bounds), self.panel_hint.get_visible(), auto,
+                bool(s.show_internals))
+
+    def _capture_background(self) -> None:
+        """Draw the figure without the changing artists and keep its pixels."""
+        changing = self._changing_artists()
+        visible = [a.get_visible() for a in changing]
+        self._capturing = True
+        try:
+            for a in changing:
+                a.set_visible(False)
+            self.fig.canvas.draw()
+            self._background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
+            self._background_key = self._background_state()
+        finally:
+            for a, v in zip(changing, visible):
+                a.set_visible(v)
+            self._capturing = False
+
+    def _show(self) -> None:
+        """Put the updated artists on the canvas: blit them over the background, or draw the whole
+        figure where the canvas cannot blit (at once on Agg, when idle in a window)."""
+        canvas = self.fig.canvas
+        if not getattr(canvas, "supports_blit", False) or canvas.is_saving():
+            canvas.draw_idle()
+            return
+        if self._background is None or self._background_key != self._background_state():
+            self._capture_background()
+        canvas.restore_region(self._background)
+        for artist in self._changing_artists():
+            self.fig.draw_artist(artist)  # an invisible artist draws nothing
+        canvas.blit(self.fig.bbox)
 
     def _side_text(self) -> str:
         s = self.session
@@ -345,7 +407,7 @@ class ClickView:
             self.drag.set_visible(True)
             x0, y0, x1, y1 = self.session.drag_box
             self.drag.set_bounds(x0, y0, x1 - x0, y1 - y0)
-            self.fig.canvas.draw_idle()
+            self._show()
 
     def _on_release(self, event) -> None:
         x, y = self._xy(event)
@@ -386,6 +448,9 @@ class ClickView:
         self.redraw()
 
     def _on_draw(self, event) -> None:
+        if self._capturing:
+            return
+        self._background = None  # a full draw (a resize, a zoom, the first show): take a new one next time
         if not self.report_screen:
             return
         box = self.screen_box()
@@ -447,7 +512,7 @@ class ClickView:
         def tick():
             if thread.is_alive():
                 self.status.set_text(f"{label}{self._progress} ... {time.perf_counter() - t0:.0f} s")
-                self.fig.canvas.draw_idle()
+                self._show()
                 return
             timer.stop()
             s.busy = None

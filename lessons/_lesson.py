@@ -9,7 +9,7 @@ same lesson on the real thing, only slower.
 Every lesson is a percent-format script (``# %%`` code cells, ``# %% [markdown]`` prose): it
 runs as ``python lessons/NN_name.py --out DIR``, and the same file opens as a notebook through
 jupytext. In a Jupyter kernel there is no command line: the options come from the environment
-variable ``MINISAM_LESSON_ARGS`` (for example ``--out /tmp/05 --model vit_b``), the figures go
+variable ``MINISAM_LESSON_ARGS`` (for example ``--out /tmp/09 --model vit_b``), the figures go
 to ``out/NN`` at the repository root by default, and :func:`save` also shows each figure
 below its cell.
 """

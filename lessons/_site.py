@@ -1,6 +1,6 @@
 """The course as a static site: every lesson executed as a notebook, one HTML page each.
 
-    python lessons/build_course.py --site out/site [--only 05 09]
+    python lessons/build_course.py --site out/site [--only 09 14]
 
 Each ``lessons/NN_*.py`` (a percent-format script) is read by jupytext as a notebook and run
 top to bottom in a Jupyter kernel by nbclient, the way a student's notebook runs. Its page

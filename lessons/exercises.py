@@ -1,7 +1,7 @@
 """Check your answers to a lesson's exercises.
 
-    python lessons/exercises.py 05              # your code in lessons/exercises/05_*.py
-    python lessons/exercises.py 05 --solutions  # the reference solutions instead
+    python lessons/exercises.py 09              # your code in lessons/exercises/09_*.py
+    python lessons/exercises.py 09 --solutions  # the reference solutions instead
     python lessons/exercises.py --list          # every lesson's exercises
 
 Each lesson NN has three files, found by their number:

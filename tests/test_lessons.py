@@ -7,7 +7,7 @@ knows them, at least one otherwise) and print the shapes of the model it ran on.
 whose checks are listed below get their own; any other lesson that loads a model through
 ``_lesson.load_model`` must at least report the default model's sizes.
 
-The converted lessons (05-08, 10) also run on a second, smaller checkpoint (``--checkpoint``,
+The converted lessons (09, 11-13, 15) also run on a second, smaller checkpoint (``--checkpoint``,
 other input size, grid, width and mask size): their output must follow *that* model's shapes
 and never show micro's, which is how we know no size is hard-coded.
 """
@@ -31,20 +31,20 @@ DEFAULT = MICRO  # the model a lesson runs on without --model/--checkpoint (less
 # The figures each lesson writes, by lesson number (file names may change, numbers do not).
 FIGURES = {
     "01": ["segmentation_kinds.png", "promptable_task.png", "architecture.png"],
-    "02": ["02_padded_input.png", "02_patch_grid.png"],
-    "03": ["03_windows.png", "03_relpos_and_attention.png", "03_padding.png"],
-    "04": ["04_global_attention.png", "04_attention_heads.png", "04_embedding_channels.png", "04_vit_family.png"],
-    "05": ["05_dense_pe_channels.png", "05_pe_similarity.png", "05_mask_prompt.png"],
-    "06": ["06_token_to_image_attention.png", "06_image_to_token_attention.png"],
-    "07": ["07_upscaled_channels.png", "07_mask_logits.png"],
-    "08": ["08_three_masks.png", "08_single_mask_multi_point.png", "08_iou_calibration.png"],
-    "09": ["focal_curves.png", "focal_heatmap.png"],
-    "10": ["rounds_strip.png", "rounds_curves.png"],
-    "11": ["grid.png", "crops.png", "overlay.png"],
-    "12": ["12_times.png", "12_roofline.png"],
-    "13": ["zero_shot_instances.png", "limits.png"],
-    "14": ["14_sam2.png"],
-    "15": ["15_finetune.png"],
+    "05": ["05_padded_input.png", "05_patch_grid.png"],
+    "07": ["07_windows.png", "07_relpos_and_attention.png", "07_padding.png"],
+    "08": ["08_global_attention.png", "08_attention_heads.png", "08_embedding_channels.png", "08_vit_family.png"],
+    "09": ["09_dense_pe_channels.png", "09_pe_similarity.png", "09_mask_prompt.png"],
+    "11": ["11_token_to_image_attention.png", "11_image_to_token_attention.png"],
+    "12": ["12_upscaled_channels.png", "12_mask_logits.png"],
+    "13": ["13_three_masks.png", "13_single_mask_multi_point.png", "13_iou_calibration.png"],
+    "14": ["focal_curves.png", "focal_heatmap.png"],
+    "15": ["rounds_strip.png", "rounds_curves.png"],
+    "16": ["zero_shot_instances.png", "limits.png"],
+    "19": ["grid.png", "crops.png", "overlay.png"],
+    "20": ["20_sam2.png"],
+    "21": ["21_times.png", "21_roofline.png"],
+    "22": ["22_finetune.png"],
 }
 
 # A smaller model than micro in every size a lesson could hard-code (input 96 not 128, grid
@@ -52,7 +52,7 @@ FIGURES = {
 SMALL = make_config(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
                     img_size=96, patch_size=12, window_size=4, prompt_embed_dim=32, mask_in_chans=8,
                     decoder_mlp_dim=64, decoder_num_heads=8, iou_head_hidden_dim=32)
-FOLLOWS_CHECKPOINT = ["05", "06", "07", "08", "10"]   # the lessons checked on SMALL too
+FOLLOWS_CHECKPOINT = ["09", "11", "12", "13", "15"]   # the lessons checked on SMALL too
 
 
 def shape(*dims) -> str:
@@ -70,24 +70,24 @@ def expected_output(number: str, cfg, model_name: str):
     banner = re.escape(f"input {S}x{S}, grid {G}x{G}")
     checks = {
         "01": [banner, embedding, shape(1, 3, S, S), shape(1, 2, C), shape(1, 3, M, M), shape(3, S, S)],
-        "05": [banner, shape(C, G, G), embedding, shape(2, C // 2), shape(1, 3, C), shape(1, 4, C),
+        "09": [banner, shape(C, G, G), embedding, shape(2, C // 2), shape(1, 3, C), shape(1, 4, C),
                shape(1, 2, C), shape(1, 1, M, M), shape(S, S, C),
                "point token = PE \\+ label vector: True \\| background: True \\| padding = not_a_point_embed: True",
                "box corners = PE \\+ corner vectors 2 and 3: True"],
-        "06": [banner, embedding, f"= {T}; image tokens: {G} x {G} = {G * G}",
+        "11": [banner, embedding, f"= {T}; image tokens: {G} x {G} = {G * G}",
                shape(1, cfg.decoder_num_heads, T, G * G), shape(1, G * G, C), shape(1, T, C // 2),
                "row sum 1.0000", "sums over tokens 1.0000..1.0000", shape(3, S, S)],
-        "07": [banner, embedding, shape(1, C // 4, 2 * G, 2 * G), shape(1, C // 8, M, M), shape(1, K, C // 8),
+        "12": [banner, embedding, shape(1, C // 4, 2 * G, 2 * G), shape(1, C // 8, M, M), shape(1, K, C // 8),
                shape(1, K, M, M), shape(3, M, M), r"max \|diff\| (0\.0e\+00|\d\.\de-(0[5-9]|[1-9]\d))",
                r"max \|difference\| = (0\.00e\+00|\d\.\d\de-(0[6-9]|[1-9]\d))"],
-        "08": [banner, f"original_size {shape(2 * ((3 * S) // 4), 2 * S)} -> input_size {shape((3 * S) // 4, S)}",
+        "13": [banner, f"original_size {shape(2 * ((3 * S) // 4), 2 * S)} -> input_size {shape((3 * S) // 4, S)}",
                embedding, shape(3, 2 * ((3 * S) // 4), 2 * S), shape(1, 2 * ((3 * S) // 4), 2 * S),
                shape(3, M, M), shape(1, M, M), r"IoU head over \d+ clicks"],
-        "09": ["focal gradient vs finite differences", "sam_loss picks output 0"],
-        "10": [banner, embedding, shape(1, M, M), re.escape(f"real SamPredictor ({model_name}), first prompt a point"),
+        "14": ["focal gradient vs finite differences", "sam_loss picks output 0"],
+        "15": [banner, embedding, shape(1, M, M), re.escape(f"real SamPredictor ({model_name}), first prompt a point"),
                re.escape(f"real SamPredictor ({model_name}), first prompt a box"),
                r"toy click-colour model \(not SAM\)"] + ["training would backpropagate"] * 3,
-        "13": [banner, r"detector: \d+ components", rf"SAM masks {shape(None, 1, S, S)}", r"photo \(\d+, \d+, 3\)",
+        "16": [banner, r"detector: \d+ components", rf"SAM masks {shape(None, 1, S, S)}", r"photo \(\d+, \d+, 3\)",
                r"worst object in 12 scenes"],
     }
     return checks.get(number)

@@ -39,21 +39,21 @@ LESSONS_DIR = os.path.join(ROOT, "lessons")
 # Lesson number -> a fragment of the first claim that must fail on random weights, run with
 # --checkpoint. Each is a statement about the trained model's masks.
 FAILS_WITH_CHECKPOINT = {
-    "13": "SAM's masks from the detector's boxes (mean best IoU",
-    "20": "asked for one object, SAM's mask has IoU",
-    "21": "zero-shot on shapes it never saw",
-    "22": "interactive and detector-composed segmentation from the same model: one click gives mean IoU",
-    "24": "with aligned embeddings, a colour name picks its object among SAM's masks",
-    "25": "as in 7.1, one point gives a valid mask",
-    "26": "micro misses fine structures",
+    "02": "asked for one object, SAM's mask has IoU",
+    "03": "zero-shot on shapes it never saw",
+    "04": "interactive and detector-composed segmentation from the same model: one click gives mean IoU",
+    "10": "with aligned embeddings, a colour name picks its object among SAM's masks",
+    "16": "SAM's masks from the detector's boxes (mean best IoU",
+    "17": "as in 7.1, one point gives a valid mask",
+    "18": "micro misses fine structures",
 }
 
 # The same for claims a lesson checks only on the registered micro (run as --model micro).
-# Lesson 14's tracking claims (previous mask vs reused click) are left out: they compare two
+# Lesson 20's tracking claims (previous mask vs reused click) are left out: they compare two
 # IoUs near 0.06 without a margin, and on random weights they hold for some seeds.
-# Lesson 15's (fine-tuning) are left out for time: it trains for about a minute before them.
+# Lesson 22's (fine-tuning) are left out for time: it trains for about a minute before them.
 FAILS_AS_REGISTERED_MICRO = {
-    "06": "with trained weights some heads look at the clicked shape, others away from it",
+    "11": "with trained weights some heads look at the clicked shape, others away from it",
 }
 
 

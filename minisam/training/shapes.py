@@ -239,7 +239,7 @@ def make_scenes(seed: int, n: int, size: int = 256, min_area: int = 0) -> List[S
     return [make_scene(rng, size, min_area=min_area) for _ in range(n)]
 
 
-# Shapes the trained micro model never saw, for fine-tuning (lesson 15, ``minisam finetune``).
+# Shapes the trained micro model never saw, for fine-tuning (lesson 22, ``minisam finetune``).
 UNSEEN_KINDS = ("cross", "crescent")
 
 

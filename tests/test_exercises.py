@@ -24,7 +24,7 @@ LESSONS_DIR = os.path.join(ROOT, "lessons")
 ALL_NUMBERS = sorted({os.path.basename(p)[:2] for p in glob.glob(os.path.join(LESSONS_DIR, "[0-9][0-9]_*.py"))})
 # Lessons whose exercises are not written yet: their tests are expected failures (strict, so
 # each entry must go once its exercises exist), and no other lesson may lack exercises.
-WITHOUT_EXERCISES = {"02", "03", "04", "06", "10", "17", "18"}
+WITHOUT_EXERCISES = set()
 NUMBERS = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="exercises not written yet"))
            if n in WITHOUT_EXERCISES else n for n in ALL_NUMBERS]
 
@@ -162,6 +162,114 @@ def _no_bias_correction(param, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, 
     return param - lr * m / (np.sqrt(v) + eps), m, v
 
 
+def _tiled_features(levels):                                        # 02.2: np.tile repeats the image, not each pixel
+    S = levels[0].shape[-1]
+
+    def up(x):
+        f = S // x.shape[-1]
+        return np.tile(x, (1, f, f))
+
+    b = levels[-1]
+    maps = [up(b), up(b - b.mean(axis=(1, 2), keepdims=True)), np.ones((1, S, S))] + [up(x) for x in levels[-2::-1]]
+    feats = np.concatenate(maps, axis=0)
+    return feats.reshape(len(feats), -1).T
+
+
+def _fit_zero_one(batches, ridge=1.0):                              # 02.3: targets 0/1, not -1/+1
+    gram = moment = 0
+    for X, fg in batches:
+        gram, moment = gram + X.T @ X, moment + X.T @ fg.astype(np.float64)
+    return np.linalg.solve(gram + ridge * np.eye(len(gram)), moment)
+
+
+def _dot_product_classes(image_vectors, class_vectors):             # 03.1: long class vectors win
+    return np.argmax(image_vectors @ class_vectors.T, axis=1)
+
+
+def _centroid_with_itself(vectors, labels):                         # 03.3: no item left out
+    labels = np.asarray(labels)
+    classes = sorted(set(labels.tolist()))
+    centroids = np.stack([vectors[labels == k].mean(axis=0) for k in classes])
+    cosine = vectors @ centroids.T / np.linalg.norm(centroids, axis=1)
+    return float(np.mean(np.array(classes)[np.argmax(cosine, axis=1)] == labels))
+
+
+def _swapped_click_labels(mask, truth):                             # 04.2: negative where the object was missed
+    point, label = _solution("04").correction_click(mask, truth)
+    return point, 1 - label
+
+
+def _coin_per_token(num_tokens, ratio, rng):                        # 06.1: the number masked varies
+    masked = rng.random(num_tokens) < ratio
+    ids_shuffle = np.concatenate([np.flatnonzero(~masked), np.flatnonzero(masked)])
+    return np.flatnonzero(~masked), masked, np.argsort(ids_shuffle)
+
+
+def _gather_with_shuffle(encoded, mask_token, ids_restore):         # 06.2: ids_shuffle for ids_restore
+    return _solution("06").decoder_input(encoded, mask_token, np.argsort(ids_restore))
+
+
+def _loss_on_all_patches(pred, target, masked):                    # 06.3: the loss MAE argues against
+    return float(((pred - target) ** 2).mean()), 2 * (pred - target) / pred.size
+
+
+def _unnormalized_text(sparse, text_embedding, projection):         # 10.1: CLIP's embedding not l2-normalized
+    return np.concatenate([(text_embedding @ projection).astype(np.float32)[:, None], sparse], axis=1)
+
+
+def _colour_not_scaled(query, image, masks):                        # 10.2: 0..255 against a [0, 1] query
+    return int(np.argmin([np.linalg.norm(image[m].mean(axis=0) - query) for m in masks]))
+
+
+def _zero_padded_sobel(probabilities):                              # 17.1: a step at every image border
+    H, W = probabilities.shape[-2:]
+    p = np.pad(probabilities, ((0, 0), (1, 1), (1, 1)))
+    at = lambda dy, dx: p[:, 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]  # noqa: E731
+    gx = (at(-1, 1) + 2 * at(0, 1) + at(1, 1)) - (at(-1, -1) + 2 * at(0, -1) + at(1, -1))
+    gy = (at(1, -1) + 2 * at(1, 0) + at(1, 1)) - (at(-1, -1) + 2 * at(-1, 0) + at(-1, 1))
+    strength = np.hypot(gx, gy).max(axis=0)
+    return strength / max(strength.max(), 1e-9)
+
+
+def _best_threshold_per_image(strengths, truths, thresholds, tolerance=2):   # 17.2: OIS, not ODS
+    ods_f = _solution("17").ods_f
+    return float(np.mean([ods_f([s], [t], thresholds, tolerance) for s, t in zip(strengths, truths)]))
+
+
+def _recall_at_half(proposals, objects):                            # 17.3: one threshold, not ten
+    ious = [[(p & o).sum() / max((p | o).sum(), 1) for p in proposals] for o in objects]
+    return float(np.mean([max(row, default=0.0) >= 0.5 for row in ious]))
+
+
+def _nearest_upsampling(mask, low_res):                             # 18.1: blocks, not bilinear
+    f = mask.shape[0] // low_res
+    area = mask.reshape(low_res, f, low_res, f).mean(axis=(1, 3)) - 0.5
+    return area.repeat(f, axis=0).repeat(f, axis=1) > 0
+
+
+def _four_connected(mask, truth):                                   # 18.2: corner neighbours kept apart
+    labels, n = np.zeros(mask.shape, int), 0
+    for y, x in zip(*np.nonzero(mask)):
+        if labels[y, x]:
+            continue
+        n += 1
+        stack = [(y, x)]
+        labels[y, x] = n
+        while stack:
+            cy, cx = stack.pop()
+            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = n
+                    stack.append((ny, nx))
+    return sum(not truth[labels == k].any() for k in range(1, n + 1))
+
+
+def _crop_not_clipped(truth):                                       # 18.3: the crop leaves the image
+    ys, xs = np.nonzero(truth)
+    side = max(24, 2 * max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    return (round((xs.min() + xs.max() + 1) / 2 - side / 2), round((ys.min() + ys.max() + 1) / 2 - side / 2), side)
+
+
 def _swap_mlps_only(p, i, j):                                       # 12.3: the hypernetworks alone
     q = copy.deepcopy(p)
     q["output_hypernetworks_mlps"][i], q["output_hypernetworks_mlps"][j] = \
@@ -170,6 +278,22 @@ def _swap_mlps_only(p, i, j):                                       # 12.3: the 
 
 
 WRONG = {
+    "02.2 upsamples with np.tile": ("02", "02.2", dict(decoder_features=_tiled_features)),
+    "02.3 fits 0/1 labels": ("02", "02.3", dict(fit_readout=_fit_zero_one)),
+    "03.1 ranks classes by dot product": ("03", "03.1", dict(zero_shot_classify=_dot_product_classes)),
+    "03.3 keeps each item in its own centroid": ("03", "03.3", dict(leave_one_out_accuracy=_centroid_with_itself)),
+    "04.2 swaps the click labels": ("04", "04.2", dict(correction_click=_swapped_click_labels)),
+    "06.1 masks each token by a coin flip": ("06", "06.1", dict(random_masking=_coin_per_token)),
+    "06.2 gathers with the shuffle": ("06", "06.2", dict(decoder_input=_gather_with_shuffle)),
+    "06.3 takes the loss on all patches": ("06", "06.3", dict(mae_loss_and_grad=_loss_on_all_patches)),
+    "10.1 does not normalize the embedding": ("10", "10.1", dict(add_text_token=_unnormalized_text)),
+    "10.2 compares 0-255 colours with [0, 1]": ("10", "10.2", dict(pick_by_text=_colour_not_scaled)),
+    "17.1 zero-pads the maps": ("17", "17.1", dict(edge_strength=_zero_padded_sobel)),
+    "17.2 picks a threshold per image": ("17", "17.2", dict(ods_f=_best_threshold_per_image)),
+    "17.3 recall at IoU 0.5 only": ("17", "17.3", dict(average_recall=_recall_at_half)),
+    "18.1 upsamples by repeating pixels": ("18", "18.1", dict(lowres_mask=_nearest_upsampling)),
+    "18.2 joins 4-neighbours only": ("18", "18.2", dict(stray_components=_four_connected)),
+    "18.3 lets the crop leave the image": ("18", "18.3", dict(zoom_window=_crop_not_clipped)),
     "07.1 pads at the top left": ("07", "07.1", dict(window_partition=_pad_top_left)),
     "09.2 two pixels on different rays": ("09", "09.2", dict(confusable_pair=lambda S, g: ((S - 2, 2), (2, S - 2)))),
     "12.3 swaps only the hypernetwork MLPs": ("12", "12.3", dict(swap_mask_outputs=_swap_mlps_only)),

@@ -25,7 +25,8 @@ import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("05", "Lesson 05: from a photo to a grid of patch tokens")
+args = _lesson.parse_args("05", "Lesson 05: from a photo to a grid of patch tokens",
+                          photo="the whole lesson, in place of the synthetic landscape crop")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -44,13 +45,17 @@ enc = sam.params["image_encoder"]
 # ## A "photo" that is not square: a landscape crop (2:3) of a synthetic scene
 #
 # Scenes come square; cutting a wide band out of one gives the aspect ratio that makes the
-# padding visible. Its own size is unrelated to S, as a photo's would be.
+# padding visible. Its own size is unrelated to S, as a photo's would be. With
+# ``--image PATH`` the lesson runs on your photo instead, and everything below holds for it too.
 
 # %%
-scene = make_scene(np.random.default_rng(2), 450)
-photo = to_rgb_uint8(scene.image[75:375])               # [300, 450, 3]; checks dtype and shape
+if args.photo is not None:
+    photo = args.photo                                  # [H, W, 3] uint8, read by minisam.utils.images.read_image
+else:
+    scene = make_scene(np.random.default_rng(2), 450)
+    photo = to_rgb_uint8(scene.image[75:375])           # [300, 450, 3]; checks dtype and shape
 H, W = photo.shape[:2]
-print("photo", photo.shape, photo.dtype)
+print("photo", photo.shape, photo.dtype, f"({args.image})" if args.image else "(synthetic)")
 
 
 # %% [markdown]

@@ -24,11 +24,14 @@
 # Run:  python lessons/13_ambiguity_and_iou.py --out out/13
 
 # %%
+import os
+
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("13", "Lesson 13: ambiguity: three masks and a predicted IoU for each")
+args = _lesson.parse_args("13", "Lesson 13: ambiguity: three masks and a predicted IoU for each",
+                          photo="section 4, the three masks of one click on a photo", photo_click=True)
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -188,3 +191,34 @@ ax.set_title(f"IoU head: correlation {corr:.2f}, top score = best mask {np.mean(
 ax.grid(alpha=0.3)
 _lesson.save(fig, args, "13_iou_calibration.png")
 plt.close(fig)
+
+
+# %% [markdown]
+# ## 4. Your photo (``--image PATH``, best with ``--model vit_b``)
+#
+# On a photo the ambiguity is the everyday kind: a click on a shirt may mean the shirt, the
+# person or a pocket. With ``--image`` (and ``--point X Y``, by default the photo's centre) this
+# section shows the three masks the model returns for that one click, each with its score. A
+# photo comes without true masks, so nothing in this section is checked; and micro has never
+# seen a photo, so the official weights show what SAM does.
+
+# %%
+if args.photo is not None:
+    predictor.set_image(args.photo)
+    photo_masks, photo_scores, _ = predictor.predict(point_coords=args.photo_point, point_labels=np.array([1]))
+    print(f"photo {args.photo.shape}, click {args.photo_point[0].tolist()}: masks {photo_masks.shape}, "
+          f"scores {np.round(photo_scores, 3)}, areas {[int(m.sum()) for m in photo_masks]} px")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    for k, ax in enumerate(axes):
+        ax.imshow(args.photo)
+        show_mask(photo_masks[k], ax)
+        show_points(args.photo_point, np.array([1]), ax)
+        ax.set_title(f"mask {k + 1}: score {photo_scores[k]:.3f}, {photo_masks[k].mean():.1%} of the photo")
+        ax.axis("off")
+    fig.suptitle(f"{os.path.basename(args.image)}: one click, three masks ({os.path.basename(args.checkpoint or args.model)})")
+    fig.tight_layout()
+    _lesson.save(fig, args, "13_photo.png")
+    plt.close(fig)
+else:
+    print("no --image given: section 4 runs on your photo (python lessons/13_ambiguity_and_iou.py --image PATH "
+          "--model vit_b)")

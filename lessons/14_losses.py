@@ -163,7 +163,7 @@ _lesson.claim(fd_err <= 1e-6 * np.abs(grad).max(),
 # Figure 1: loss against p for y = 1 and y = 0, gamma = 0 (BCE), 1, 2, 5 (alpha off, as in
 # Lin et al.'s figure 1, so only the modulating factor differs).
 p = np.linspace(0.001, 0.999, 400)
-fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.8))
 curves = []                                                      # [2 targets][4 gammas] of [400]
 for ax, y_value in zip(axes, [1, 0]):
     curves.append([])

@@ -25,11 +25,14 @@
 # Run:  python lessons/16_zero_shot_and_limits.py --out out/16
 
 # %%
+import os
+
 import numpy as np
 
 import _lesson
 
-args = _lesson.parse_args("16", "Lesson 16: zero-shot transfer by composition, and where the small model fails")
+args = _lesson.parse_args("16", "Lesson 16: zero-shot transfer by composition, and where the small model fails",
+                          photo="failure case (a), in place of matplotlib's sample photo", photo_click=True)
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -119,11 +122,14 @@ _lesson.claim(np.mean(best_blob) >= np.mean(best_sam),
 # (a) A real photo: the model has only ever seen flat shapes on textures.
 
 # %%
-import matplotlib.cbook as cbook  # noqa: E402
-with cbook.get_sample_data("grace_hopper.jpg") as f:
-    photo = plt.imread(f)                                                # [H, W, 3] uint8
+if args.photo is not None:                                              # --image PATH [--point X Y]
+    photo, pt = args.photo, args.photo_point                            # [H, W, 3] uint8, [1, 2]
+else:
+    import matplotlib.cbook as cbook
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo = plt.imread(f)                                            # [H, W, 3] uint8
+    pt = np.array([[photo.shape[1] * 0.5, photo.shape[0] * 0.3]])       # on the face
 predictor.set_image(photo)
-pt = np.array([[photo.shape[1] * 0.5, photo.shape[0] * 0.3]])           # on the face
 photo_masks, photo_scores, _ = predictor.predict(point_coords=pt, point_labels=np.array([1]))
 print("photo", photo.shape, "-> scores", np.round(photo_scores, 2))
 
@@ -145,7 +151,7 @@ fig, axes = plt.subplots(1, 4, figsize=(17, 4.5))
 axes[0].imshow(photo); show_mask(photo_masks[int(np.argmax(photo_scores))], axes[0])
 axes[0].plot(*pt[0], "g*", ms=15, mec="w")
 axes[0].set_title(f"(a) a photo: top score {photo_scores.max():.2f}, mask {photo_area:.0%} of the image\n"
-                  "a model that has never seen a face")
+                  + ("a model that has never seen a face" if args.photo is None else f"your photo, {os.path.basename(args.checkpoint or args.model)}"))
 image, t, p, m = worst[1]
 axes[1].imshow(image); axes[1].plot(*p, "g*", ms=15, mec="w"); axes[1].set_title("(b) the hardest object found")
 axes[2].imshow(t, cmap="gray"); axes[2].set_title("its true mask")

@@ -24,6 +24,10 @@ import _site
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
+# A thumbnail is the lesson's main figure at this width (narrower figures as they are): the tests
+# hold every main figure to at most 4 panels, at least 480 px wide, its text >= 9 pt at 800 px.
+THUMB_WIDTH = 640
+
 # number -> (deck topic, what you learn, main figure)
 LESSONS = {
     "01": ("Background: segmentation kinds; promptable segmentation task; model architecture",
@@ -126,7 +130,8 @@ def main():
             sys.exit(f"{f} failed:\n{res.stderr[-2000:]}")
         topic, learn, fig = LESSONS[num]
         im = Image.open(os.path.join(out, fig)).convert("RGB")
-        im.thumbnail((640, 360))  # wide enough to read a 3-4 panel figure
+        if im.width > THUMB_WIDTH:  # the main figure (<= 4 panels), shrunk to the index's width
+            im = im.resize((THUMB_WIDTH, round(im.height * THUMB_WIDTH / im.width)), Image.LANCZOS)
         im.save(os.path.join(thumbs, f"{num}.png"), optimize=True)
         rows.append(f"| {num} | [{f}]({f}) | {topic} | {learn} | `python lessons/{f} --out out/{num}` "
                     f"({took:.0f} s here) | ![{num}](thumbnails/{num}.png) |")

@@ -166,7 +166,10 @@ Regenerate this page and its thumbnails with `python lessons/build_course.py`.
 ## Three ways to read a lesson
 
 - **As a script:** `python lessons/09_prompt_encoder.py --out out/09` runs it headless and checks
-  its claims (`_lesson.claim`: a false one stops the lesson with an error).
+  its claims (`_lesson.claim`: a false one stops the lesson with an error). Lessons 05, 13, 16
+  and 19 also take `--image PATH` (13 and 16 `--point X Y` too): 05 runs on your photo, the
+  others add a section on it; use `--model vit_b` for the official weights, since micro has
+  never seen a photo.
 - **As a notebook:** every lesson is a percent-format script (`# %%` code cells, `# %% [markdown]`
   prose with LaTeX equations) that jupytext opens as a notebook. With the course extra
   (`pip install -e ".[course]"`) and JupyterLab, right-click the file and *Open With > Notebook*,

@@ -238,23 +238,23 @@ def draw_unet(ax):
         side, y, half = S // 2 ** i, 8.2 - 2.2 * i, max(1.5 - 0.2 * i, 1.3)   # encoder boxes centred at x = 1.8
         ax.add_patch(FancyBboxPatch((1.8 - half, y), 2 * half, 1.2, boxstyle="round,pad=0.05",
                                     fc="#f4a582" if i < 3 else "#d6604d", ec="k"))
-        ax.text(1.8, y + 0.6, f"{width} x {side}x{side}", ha="center", va="center", fontsize=9.5)
+        ax.text(1.8, y + 0.6, f"{width} x {side}x{side}", ha="center", va="center", fontsize=10)
         if i < 3:   # the pool + conv to the next level, and the skip across
             ax.annotate("", (1.8, y - 0.95), (1.8, y - 0.05), arrowprops=arrow)
             ax.add_patch(FancyBboxPatch((5.9, y), 4.0, 1.2, boxstyle="round,pad=0.05", fc="#92c5de", ec="k"))
             label = (f"{width}-ch skip, up {S // side}x" if i else
                      f"concat, {F_TOTAL} ch\n-> 1x1 read-out")
-            ax.text(7.9, y + 0.6, label, ha="center", va="center", fontsize=9.5)
+            ax.text(7.9, y + 0.6, label, ha="center", va="center", fontsize=10)
             ax.annotate("", (5.85, y + 0.6), (1.85 + half, y + 0.6),
                         arrowprops=dict(arrowstyle="-|>", color="#2166ac", lw=1.6))
         if 0 < i < 3:   # the decoder goes up: upsample 2x
             ax.annotate("", (7.9, y + 2.15), (7.9, y + 1.25), arrowprops=arrow)
     ax.annotate("", (7.9, 3.75), (2.8, 2.2), arrowprops=dict(connectionstyle="arc3,rad=0.25", **arrow))
-    ax.text(6.6, 2.3, f"up {S // (S // 8)}x", ha="center", fontsize=9.5)
-    ax.text(1.8, 1.2, "bottleneck", ha="center", va="center", fontsize=9.5, style="italic")
+    ax.text(6.6, 2.3, f"up {S // (S // 8)}x", ha="center", fontsize=10)
+    ax.text(1.8, 1.2, "bottleneck", ha="center", va="center", fontsize=10, style="italic")
     ax.text(1.8, 9.75, "encoder: conv + pool", ha="center", fontsize=10, weight="bold")
     ax.text(7.9, 9.75, "decoder: upsample, concat", ha="center", fontsize=10, weight="bold")
-    ax.text(4.5, 7.65, "skip connections", ha="center", fontsize=9.5, color="#2166ac", style="italic")
+    ax.text(4.5, 7.65, "skip connections", ha="center", fontsize=10, color="#2166ac", style="italic")
     ax.set_title("a U-Net: down to a bottleneck, up with skips\n(random convs; the 1x1 read-out is fitted)",
                  fontsize=10.5)
 
@@ -269,7 +269,7 @@ ax.contour(foreground(scene), levels=[0.5], colors="k", linewidths=1)
 ax.set_title(f"U-Net: one map, whatever you want (black: all\nobjects; IoU {scene_fg_iou:.2f} here, {fg_iou:.2f} on average)",
              fontsize=10.5)
 cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-cbar.set_label("read-out score (> 0: object)", fontsize=9.5)
+cbar.set_label("read-out score (> 0: object)", fontsize=10)
 for ax, (mask, point), mine, name in ((axes[1, 0], masks[0], a, "A"), (axes[1, 1], masks[1], b_, "B")):
     ax.imshow(scene.image)
     show_mask(mask, ax, color=np.array([0.1, 0.45, 1.0, 0.6]))

@@ -202,12 +202,12 @@ names = ["one click", "box", "three clicks", "mask alone"]
 values = [mean[n] for n in names] + [recall]
 bars = ax.bar(range(5), values, color=["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:gray"])
 for x, v in enumerate(values):
-    ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=9.5)
+    ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=10)
 ax.set_xticks(range(5))
-ax.set_xticklabels(["one\nclick", "box", "three\nclicks", "mask alone\n(untrained\nprompt)", "everything\n(recall)"], fontsize=9.5)
+ax.set_xticklabels(["one\nclick", "box", "three\nclicks", "mask\nalone\n(untrained\nprompt)", "grid\n(recall)"], fontsize=10)
 ax.set_ylim(0, 1.1)
-ax.set_ylabel("mean IoU with the object (recall: found\nat IoU >= 0.5)", fontsize=9.5)
-ax.tick_params(labelsize=9)
+ax.set_ylabel("mean IoU with the object (recall: found\nat IoU >= 0.5)", fontsize=10)
+ax.tick_params(labelsize=10)
 ax.set_title(f"one model, five prompts ({n_objects} objects; recall:\n{len(found)} objects of {N_AUTO} scenes)", fontsize=10)
 fig.suptitle("The task is chosen by the prompt, not by retraining", fontsize=11.5)
 fig.tight_layout()

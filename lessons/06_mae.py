@@ -280,13 +280,13 @@ names = list(mse)
 ax.barh(range(len(names)), [mse[n] for n in names], color=["tab:gray", "tab:gray", "tab:blue", "tab:orange",
                                                            "tab:red"])
 ax.set_yticks(range(len(names)))
-ax.set_yticklabels([n.replace(", ", ",\n") for n in names], fontsize=9.5)
+ax.set_yticklabels([n.replace(", ", ",\n") for n in names], fontsize=10)
 ax.invert_yaxis()
-ax.set_xlabel("MSE (pixel values in [0, 1]); on masked patches\nexcept the last bar (visible patches)", fontsize=9.5)
+ax.set_xlabel("MSE (pixel values in [0, 1]); on masked patches\nexcept the last bar (visible patches)", fontsize=10)
 for k, n in enumerate(names):
-    ax.text(mse[n], k, f" {mse[n]:.4f}", va="center", fontsize=9.5)
+    ax.text(mse[n], k, f" {mse[n]:.4f}", va="center", fontsize=10)
 ax.set_xlim(0, 1.3 * max(mse.values()))
-ax.tick_params(labelsize=9)
+ax.tick_params(labelsize=10)
 ax.set_title(f"{N_TEST} test images: context beats a guess;\na loss on all patches is easy on visible ones",
              fontsize=10.5)
 fig.suptitle("MAE's objective in miniature: hide 75% of the patches, predict them from the rest", fontsize=11.5)

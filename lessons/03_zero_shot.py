@@ -182,7 +182,7 @@ print(f"measured, not claimed: the mask embedding is {verdict}")
 # ## 3. The figure
 
 # %%
-fig = plt.figure(figsize=(9.2, 9.0))
+fig = plt.figure(figsize=(8.8, 8.8))
 grid = fig.add_gridspec(2, 2, height_ratios=[1, 1.05])
 colours_tab = plt.cm.tab10(np.arange(10))
 for col, (name, (scene, masks)) in enumerate((("trained kinds", seen_first), ("never seen", unseen_first))):
@@ -203,15 +203,15 @@ for j, (key, label, colour) in enumerate((("best", "point (best of 3)", "tab:blu
     ax.bar(x + (j - 1) * 0.27, [mean(seen + unseen, key, (k,)) for k in order], 0.27, label=label, color=colour)
 ax.axvline(len(KINDS) - 0.5, color="k", lw=1, ls=":")
 ax.set_xticks(x)
-ax.set_xticklabels(order, rotation=35, fontsize=9.5)
+ax.set_xticklabels(order, rotation=35, fontsize=10)
 for label in ax.get_xticklabels()[len(KINDS):]:
     label.set_color("tab:red")
-ax.set_xlabel("kind (red: never seen in training)", fontsize=9.5)
+ax.set_xlabel("kind (red: never seen in training)", fontsize=10)
 ax.set_ylim(0, 1.3)
-ax.set_ylabel("mean IoU with the true mask", fontsize=9.5)
-ax.legend(fontsize=9, loc="upper left", ncol=2)
+ax.set_ylabel("mean IoU with the true mask", fontsize=10)
+ax.legend(fontsize=10, loc="upper left", ncol=2)
 ax.set_title(f"zero-shot: point IoU {u['best']:.2f} on new shapes,\n{s['best']:.2f} on trained ones", fontsize=10)
-ax.tick_params(labelsize=9)
+ax.tick_params(labelsize=10)
 
 ax = fig.add_subplot(grid[1, 1])
 centred = unseen_embeddings - unseen_embeddings.mean(axis=0)                   # [N, C]
@@ -220,10 +220,10 @@ xy = centred @ components[:2].T                                                 
 for kind, marker, colour in zip(UNSEEN_KINDS, "Po", ("tab:purple", "tab:green")):
     sel = kinds == kind
     ax.scatter(xy[sel, 0], xy[sel, 1], marker=marker, s=40, color=colour, label=f"{kind} ({sel.sum()})")
-ax.set_xlabel("principal component 1 of the mask embeddings", fontsize=9.5)
-ax.set_ylabel("principal component 2", fontsize=9.5)
-ax.legend(fontsize=9)
-ax.tick_params(labelsize=9)
+ax.set_xlabel("principal component 1 of the mask embeddings", fontsize=10)
+ax.set_ylabel("principal component 2", fontsize=10)
+ax.legend(fontsize=10)
+ax.tick_params(labelsize=10)
 ax.set_title(f"mask embeddings of never-seen shapes: nearest kind\n{embedding_accuracy:.0%} right, majority "
              f"{majority:.0%} \u00b1 {spread:.0%}, colour {colour_accuracy:.0%}", fontsize=10)
 fig.tight_layout()

@@ -166,7 +166,7 @@ _lesson.claim(text_iou >= 0.5 and text_iou >= max(random_iou, largest_iou) + 0.2
 def box(ax, x, y, w, h, text, colour, dashed=False):
     ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", fc=colour,
                                 ec="#333333", lw=1.2, ls="--" if dashed else "-"))
-    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=9.5, linespacing=1.25)
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=10, linespacing=1.25)
 
 
 def arrow(ax, start, end):
@@ -186,7 +186,7 @@ def draw_text_path(ax):
     box(ax, 0.05, 0.35, 2.0, 0.9, 'text: "a wheel"', "#e0e0e0")
     box(ax, 2.45, 0.35, 1.9, 0.9, "CLIP text encoder\n(unchanged)", "#c6dbef")
     box(ax, 4.75, 0.4, 1.55, 0.8, "text embedding\nl2-normalized", "#deebf7")
-    ax.text(5.5, 2.1, "aligned by CLIP", ha="center", va="center", fontsize=9.5, style="italic", color="#555555")
+    ax.text(5.5, 2.1, "aligned by CLIP", ha="center", va="center", fontsize=10, style="italic", color="#555555")
     ax.annotate("", (5.5, 1.3), (5.5, 2.95), arrowprops=dict(arrowstyle="<|-|>", lw=1.2, ls=":", color="#555555"))
     box(ax, 6.75, 1.65, 1.45, 1.2, "map to C = 256\n(not described\nin the paper)", "#ffffff", dashed=True)
     box(ax, 8.6, 1.3, 1.75, 1.9, "mask decoder:\nthe embedding is\none sparse token,\nwith point tokens\n"
@@ -203,7 +203,7 @@ def draw_text_path(ax):
                  fontsize=10.5)
 
 
-fig = plt.figure(figsize=(9.6, 9.4))
+fig = plt.figure(figsize=(9.12, 8.93))
 grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.15])
 draw_text_path(fig.add_subplot(grid[0, :]))
 typical = int(np.argsort(picked)[len(picked) // 2])                             # the scene of median IoU
@@ -219,12 +219,12 @@ ax = fig.add_subplot(grid[1, 1])
 values = [text_iou, random_iou, largest_iou]
 ax.bar(range(3), values, color=["tab:orange", "tab:gray", "tab:gray"])
 for x, v in enumerate(values):
-    ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=9.5)
+    ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=10)
 ax.set_xticks(range(3))
-ax.set_xticklabels(["picked by\nthe text", "random\nproposal", "largest\nproposal"], fontsize=9.5)
+ax.set_xticklabels(["picked by\nthe text", "random\nproposal", "largest\nproposal"], fontsize=10)
 ax.set_ylim(0, 1.05)
-ax.set_ylabel("mean IoU with the named object", fontsize=9.5)
-ax.tick_params(labelsize=9)
+ax.set_ylabel("mean IoU with the named object", fontsize=10)
+ax.tick_params(labelsize=10)
 ax.set_title(f"aligned stand-in embeddings, no training:\n{len(picked)} scenes, composition with SAM's masks",
              fontsize=10)
 fig.tight_layout()

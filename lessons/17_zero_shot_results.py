@@ -259,11 +259,11 @@ lines += [f"     {name:<27s}      {v['COCO'][0]:4.1f}   {v['LVIS v1'][0]:4.1f}  
           f"{RATINGS['SAM' if name.startswith('SAM') else 'ViTDet-H']}" for name, v in INSTANCES.items()]
 lines += ["§7.5 text-to-mask: qualitative only (fig. 12); see lesson 10"]
 
-fig = plt.figure(figsize=(9.6, 8.8))
+fig = plt.figure(figsize=(9.02, 8.27))
 layout = fig.add_gridspec(2, 2, height_ratios=[0.6, 1.0])
 ax = fig.add_subplot(layout[0, :])
 ax.axis("off")
-ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=9, va="top", linespacing=1.35)
+ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=10, va="top", linespacing=1.35)
 ax.set_title("The paper's zero-shot results (Kirillov et al. 2023, section 7; numbers from its tables)",
              fontsize=10.5, loc="left")
 scene, strength, image_strength, truth_edges = shown
@@ -271,7 +271,7 @@ ax = fig.add_subplot(layout[1, 0])
 im = ax.imshow(strength, cmap="magma", vmin=0, vmax=1)
 ax.contour(truth_edges, levels=[0.5], colors="c", linewidths=0.6)
 cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-cbar.set_label("edge strength (max Sobel of the\nmask probabilities, normalized)", fontsize=9)
+cbar.set_label("edge strength (max Sobel of the\nmask probabilities, normalized)", fontsize=10)
 ax.set_title(f"micro, as in 7.2: edges from 768 masks\n(cyan: true boundaries; best F {f_sam:.2f}, "
              f"image Sobel {f_image:.2f})", fontsize=10)
 ax.axis("off")
@@ -280,13 +280,13 @@ names = list(measured)
 colours = ["tab:blue", "tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:gray", "tab:purple", "tab:purple"]
 ax.barh(range(len(names)), [measured[n] for n in names], color=colours)
 for y, n in enumerate(names):
-    ax.text(measured[n] + 0.01, y, f"{measured[n]:.2f}", va="center", fontsize=9)
+    ax.text(measured[n] + 0.01, y, f"{measured[n]:.2f}", va="center", fontsize=10)
 ax.set_yticks(range(len(names)))
-ax.set_yticklabels([n.replace(": ", ":\n", 1) if len(n) > 24 else n for n in names], fontsize=9)
+ax.set_yticklabels([n.replace(": ", ":\n", 1) if len(n) > 24 else n for n in names], fontsize=10)
 ax.invert_yaxis()
 ax.set_xlim(0, 1.12)
-ax.set_xlabel("IoU (7.1, 7.4), best F (7.2), average recall (7.3)", fontsize=9)
-ax.tick_params(labelsize=9)
+ax.set_xlabel("IoU (7.1, 7.4), best F (7.2), average recall (7.3)", fontsize=10)
+ax.tick_params(labelsize=10)
 ax.set_title(f"micro's analogues ({len(top)} objects, {N_SCENES} scenes)", fontsize=10)
 fig.tight_layout()
 _lesson.save(fig, args, "17_zero_shot_results.png")

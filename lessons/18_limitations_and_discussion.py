@@ -225,11 +225,11 @@ _lesson.claim(heavy >= 100 * light,
 fig, axes = plt.subplots(2, 2, figsize=(9.2, 9.0))
 ax = axes[0, 0]
 ax.plot(WIDTHS, [bar_mean[w] for w in WIDTHS], "o-", label="micro, best of 3")
-ax.set_xlabel("bar width (pixels)", fontsize=9.5)
-ax.set_ylabel("IoU with the bar", fontsize=9.5)
+ax.set_xlabel("bar width (pixels)", fontsize=10)
+ax.set_ylabel("IoU with the bar", fontsize=10)
 ax.set_ylim(0, 1.02)
 ax.grid(alpha=0.3)
-ax.tick_params(labelsize=9)
+ax.tick_params(labelsize=10)
 ax.set_title(f"fine structures are missed: IoU {bar_mean[1]:.2f} at 1 px,\n{bar_mean[12]:.2f} at 12 px",
              fontsize=10)
 ax = axes[0, 1]
@@ -255,11 +255,11 @@ ax.set_title(f"where zoom-in helps most (of {len(small_direct)}): direct\n"
 ax.axis("off")
 ax = axes[1, 1]
 ax.plot(range(1, 10), curve, "o-", color="tab:green")
-ax.set_xlabel("clicks (each at the centre of the larger error)", fontsize=9.5)
-ax.set_ylabel(f"mean IoU, {len(clicks)} objects", fontsize=9.5)
+ax.set_xlabel("clicks (each at the centre of the larger error)", fontsize=10)
+ax.set_ylabel(f"mean IoU, {len(clicks)} objects", fontsize=10)
 ax.set_ylim(min(0.5, curve.min() - 0.05), 1.0)
 ax.grid(alpha=0.3)
-ax.tick_params(labelsize=9)
+ax.tick_params(labelsize=10)
 ax.set_title(f"nine clicks: IoU {curve[0]:.2f} -> {curve[8]:.2f}; small objects: zoom-in\n"
              f"{np.mean(small_direct):.2f} -> {np.mean(small_zoom):.2f} IoU ({len(small_direct)} objects)", fontsize=10)
 fig.suptitle("SAM's stated limitations (section 8), measured on micro", fontsize=11.5)

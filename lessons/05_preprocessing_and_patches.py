@@ -126,17 +126,20 @@ print("pos_embed", pos.shape, f"mean |value| {float(np.abs(pos).mean()):.4f}",
 # ## Figure 1: the three stages of the input
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+fig, axes = plt.subplots(1, 3, figsize=(8.6, 3.4))
 axes[0].imshow(photo)
 axes[0].plot(*click[0], "r+", ms=14, mew=2)
-axes[0].set_title(f"photo {H}x{W}")
+axes[0].set_title(f"photo {H}x{W}\n(+: a click)", fontsize=10)
 axes[1].imshow(resized)
 axes[1].plot(*moved[0], "r+", ms=14, mew=2)
-axes[1].set_title(f"resized {newh}x{neww} (longest side {S})")
+axes[1].set_title(f"resized {newh}x{neww}\n(longest side {S})", fontsize=10)
 im = axes[2].imshow(x[0, 0], cmap="coolwarm", vmin=-2.2, vmax=2.2)
 axes[2].axhline(newh - 0.5, color="k", ls="--")
-axes[2].set_title(f"normalized red channel, zero-padded to {S}x{S}")
-fig.colorbar(im, ax=axes[2], fraction=0.046)
+axes[2].set_title(f"red channel, normalized,\nzero-padded to {S}x{S}", fontsize=10)
+cbar = fig.colorbar(im, ax=axes[2], fraction=0.046)
+cbar.set_label("(value - mean) / std", fontsize=10)
+for ax in axes:
+    ax.tick_params(labelsize=10)
 fig.tight_layout()
 _lesson.save(fig, args, "05_padded_input.png")
 plt.close(fig)

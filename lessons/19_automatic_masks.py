@@ -267,7 +267,7 @@ print(f"the official thresholds (0.88, 0.95) on the same {n_side}x{n_side} grid:
       f"{found_official} of {len(best)} objects found")
 above = float(np.mean(all_iou > 0.88))
 
-fig, axes = plt.subplots(2, 2, figsize=(10, 9.5))
+fig, axes = plt.subplots(2, 2, figsize=(9, 8.8))
 axes[0, 0].imshow(image)
 show_anns(plain, axes[0, 0])                                    # largest first, as the notebook
 who = "micro's" if tuned else "the official"
@@ -288,7 +288,7 @@ if tuned:
 axes[1, 0].set_xlabel("predicted IoU (the IoU head's output)")
 axes[1, 0].set_ylabel("masks (3 per grid point)")
 axes[1, 0].set_title(f"{len(all_iou)} masks: {above:.0%} predicted above 0.88", fontsize=11)
-axes[1, 0].legend(fontsize=9)
+axes[1, 0].legend(fontsize=10)
 axes[1, 1].plot(thresholds, [sweep[t][1] for t in thresholds], "o-", color="C2", label="objects found")
 axes[1, 1].axhline(len(best), color="k", lw=0.8, ls=":", label=f"objects in the scene ({len(best)})")
 axes[1, 1].set_ylim(-0.2, len(best) + 0.5)
@@ -298,7 +298,7 @@ axes[1, 1].set_ylabel("true objects found", color="C2")
 ax2 = axes[1, 1].twinx()
 ax2.plot(thresholds, [sweep[t][0] for t in thresholds], "s--", color="C1")
 ax2.set_ylabel("masks kept (dashed)", color="C1")
-axes[1, 1].legend(fontsize=9, loc="lower left")
+axes[1, 1].legend(fontsize=10, loc="lower left")
 axes[1, 1].set_title("the threshold swept: objects found, masks kept", fontsize=11)
 _lesson.save(fig, args, "overlay.png")
 plt.close(fig)

@@ -148,7 +148,7 @@ def box(ax, x, y, w, h, text, color, size=9.5):
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, linespacing=1.25)
 
 
-def arrow(ax, start, end, text=None, text_at=None, style="arc3", size=9, ha="center"):
+def arrow(ax, start, end, text=None, text_at=None, style="arc3", size=9.5, ha="center"):
     ax.annotate("", xy=end, xytext=start,
                 arrowprops=dict(arrowstyle="-|>", lw=1.4, color="#333333", connectionstyle=style,
                                 shrinkA=2, shrinkB=2))
@@ -191,18 +191,18 @@ def draw_architecture(ax):
     # the frame embedding also goes to the memory encoder, around the memory bank
     ax.plot([62.6, 99.5, 99.5], [52.5, 52.5, 17.8], color="#333333", lw=1.4)
     arrow(ax, (99.6, 17.8), (98.1, 17.8))
-    ax.text(81, 53.9, "... and to the memory encoder", ha="center", fontsize=9, style="italic")
+    ax.text(81, 53.9, "... and to the memory encoder", ha="center", fontsize=9.5, style="italic")
     arrow(ax, (59, 8.5), (84.75, 12), style="angle,angleA=0,angleB=90,rad=0")
     arrow(ax, (84.75, 23.6), (84.75, 31.4), "memory of\nframe t", (85.6, 27.3), ha="left")
     arrow(ax, (71.4, 39), (62.6, 39), "memories\n+ pointers", (67, 35.2))
     arrow(ax, (33.4, 50.5), (33.4, 20), style="arc3,rad=0.45")
-    ax.text(30.6, 36, "stride 4, 8 features", rotation=90, ha="center", va="center", fontsize=9, style="italic")
-    ax.text(32.6, 12.2, "prompts,\nany frame", ha="right", va="center", fontsize=9, style="italic")
+    ax.text(30.6, 36, "stride 4, 8 features", rotation=90, ha="center", va="center", fontsize=9.5, style="italic")
+    ax.text(32.6, 12.2, "prompts,\nany frame", ha="right", va="center", fontsize=9.5, style="italic")
     arrow(ax, (30.5, 14.6), (33.4, 17.6))
     ax.legend(handles=[Patch(fc=STAYS, ec="#333333", label="as in SAM"),
                        Patch(fc=CHANGED, ec="#333333", label="replaced"),
                        Patch(fc=NEW, ec="#333333", label="new in SAM 2")],
-              loc="lower left", bbox_to_anchor=(0.0, -0.02), fontsize=9, ncol=3, frameon=False)
+              loc="lower left", bbox_to_anchor=(0.0, -0.02), fontsize=9.5, ncol=3, frameon=False)
 
 
 def draw_table(ax):
@@ -212,14 +212,14 @@ def draw_table(ax):
     total = sum(n_lines) + 1.6
     ax.set_ylim(0, total)
     y = total - 0.2
-    cols = (0.5, 17, 53)
+    cols = (0.5, 18.5, 54.5)
     for x, head in zip(cols, ("", "SAM (Kirillov et al. 2023)", "SAM 2 (Ravi et al. 2024)")):
         ax.text(x, y, head, fontsize=10, weight="bold", va="top")
     y -= 1.3
     for (what, a, b), n in zip(rows, n_lines):
         ax.axhline(y + 0.15, color="#bbbbbb", lw=0.8)
         for x, text, weight in zip(cols, (what, a, b), ("bold", "normal", "normal")):
-            ax.text(x, y, text, fontsize=9, va="top", weight=weight, linespacing=1.2)
+            ax.text(x, y, text, fontsize=9.5, va="top", weight=weight, linespacing=1.2)
         y -= n
     ax.set_title("SAM vs SAM 2 (sources: minisam/config.py; facebookresearch/sam2 configs, code, READMEs)",
                  fontsize=9.5, loc="left")
@@ -327,13 +327,13 @@ ax = fig.add_subplot(grid[2, 0])
 for j, (name, color, marker) in enumerate(zip(STRATEGIES, ("tab:blue", "tab:orange", "tab:green"), "os^")):
     ax.plot(range(N_FRAMES), per_frame[j], marker=marker, color=color, ms=5,
             label=f"{name} ({later[j]:.2f})")
-ax.set_xlabel("frame (the object moves; one click on frame 0)", fontsize=9)
-ax.set_ylabel(f"IoU with the true mask, mean of {N_VIDEOS} videos", fontsize=9)
+ax.set_xlabel("frame (the object moves; one click on frame 0)", fontsize=9.5)
+ax.set_ylabel(f"IoU with the true mask, mean of {N_VIDEOS} videos", fontsize=9.5)
 ax.set_ylim(0, 1)
 ax.grid(alpha=0.3)
-ax.legend(fontsize=9, title=f"mean over frames 1..{N_FRAMES - 1}", title_fontsize=9, loc="lower left")
+ax.legend(fontsize=9.5, title=f"mean over frames 1..{N_FRAMES - 1}", title_fontsize=9.5, loc="lower left")
 ax.set_title("hand-built stand-in on minisam's model (not SAM 2)", fontsize=9.5)
-ax.tick_params(labelsize=9)
+ax.tick_params(labelsize=9.5)
 
 # Video 0 at three times, cropped to the object's path: the true outline (white), no memory
 # (blue), the stand-in (orange), and the point each one clicked.
@@ -357,9 +357,9 @@ for i, t in enumerate(picks):
             ax.contour(xs, ys, mask[y0:y1, x0:x1], levels=[0.5], colors=color, linewidths=1.6)
         ax.plot(point[0] - x0 + x_off, point[1] - y0, "P" if name == "mask + point" else "X", color=color,
                 ms=8, mec="white")
-    ax.text(x_off + w / 2, h + 6, f"frame {t}", ha="center", va="top", fontsize=9)
+    ax.text(x_off + w / 2, h + 6, f"frame {t}", ha="center", va="top", fontsize=9.5)
 ax.set_title(f"video 0 at frame {N_FRAMES - 1}: IoU no memory {ious[0, 0, -1]:.2f},\n"
-             f"stand-in {ious[1, 0, -1]:.2f} (white dashed: truth; markers: the clicks)", fontsize=9)
+             f"stand-in {ious[1, 0, -1]:.2f} (white dashed: truth; markers: the clicks)", fontsize=9.5)
 ax.axis("off")
 _lesson.save(fig, args, "20_sam2.png")
 plt.close(fig)

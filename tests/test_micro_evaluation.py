@@ -89,3 +89,22 @@ def test_evaluations_run_and_tell_a_random_model_apart():
     print("\nshipped", ref, auto, "\nshuffled", bad_ref, bad_auto)
     assert ref["iou_after_clicks"][0] > bad_ref["iou_after_clicks"][0] + 0.2
     assert auto["recall"] > bad_auto["recall"]
+
+
+def test_train_micro_evaluate_chooses_the_generator_settings_on_validation_scenes():
+    """``train-micro --evaluate``: the automatic generator's settings come from a sweep on
+    validation scenes, and the held-out automatic numbers are measured with exactly those."""
+    from minisam.training.micro import EVAL_SEED, TARGETS, VAL_SEED, evaluate_trained
+    sam = sam_model_registry["micro"]()
+    # 0.999: above every IoU the head predicts on these scenes, so that setting returns no mask
+    grid = {"points_per_side": (4,), "pred_iou_thresh": (0.999, 0.5), "stability_score_thresh": (0.7,)}
+    m = evaluate_trained(sam, n_scenes=2, scene_min_area=100, sweep_grid=grid, sweep_scenes=2)
+    sweep = m["generator_sweep"]
+    assert sweep["seed"] == VAL_SEED and m["seed"] == m["automatic"]["seed"] == EVAL_SEED
+    assert [r["masks_per_scene"] for r in sweep["rows"]][0] == 0
+    assert sweep["chosen"] == {"points_per_side": 4, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.7}
+    again = evaluate_automatic(sam, 2, scene_min_area=100, **sweep["chosen"])
+    assert (m["automatic"]["recall"], m["automatic"]["precision"]) == (again["recall"], again["precision"])
+    assert set(m["targets"]) == set(TARGETS)
+    for k, t in m["targets"].items():
+        assert t["target"] == TARGETS[k] and t["met"] == (t["value"] >= t["target"])

@@ -598,15 +598,18 @@ def evaluate_automatic(sam, n_scenes: int = 50, seed: int = EVAL_SEED, min_area:
 
 
 def model_card_metrics(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = False,
-                       scene_min_area: int = SHIPPED_RECIPE["scene_min_area"]) -> Dict:
+                       scene_min_area: int = SHIPPED_RECIPE["scene_min_area"],
+                       generator_settings: Optional[Dict] = None) -> Dict:
     """Everything the model card reports, on ``n_scenes`` held-out scenes of the model's domain:
     :func:`evaluate` (its keys at the top level), ``refinement`` (:func:`evaluate_refinement`),
-    ``automatic`` (:func:`evaluate_automatic` with the generator's defaults for this model) and
-    ``original_domain`` (:func:`evaluate` on the scenes of ``make_scene(min_area=0)``, so that
-    numbers measured before the domain changed keep their meaning)."""
+    ``automatic`` (:func:`evaluate_automatic` with ``generator_settings``, or with the generator's
+    defaults for this model when none are given) and ``original_domain`` (:func:`evaluate` on the
+    scenes of ``make_scene(min_area=0)``, so that numbers measured before the domain changed keep
+    their meaning)."""
     out = evaluate(sam, n_scenes, seed, progress, scene_min_area=scene_min_area)
     out["refinement"] = evaluate_refinement(sam, n_scenes, seed, progress=progress, scene_min_area=scene_min_area)
-    out["automatic"] = evaluate_automatic(sam, n_scenes, seed, progress=progress, scene_min_area=scene_min_area)
+    out["automatic"] = evaluate_automatic(sam, n_scenes, seed, progress=progress, scene_min_area=scene_min_area,
+                                          **(generator_settings or {}))
     if scene_min_area:
         out["original_domain"] = evaluate(sam, n_scenes, seed, progress, scene_min_area=0)
     out["meets_targets"] = meets_targets({**out, **out["refinement"], **out["automatic"]})
@@ -644,6 +647,40 @@ def sweep_generator_settings(sam, n_scenes: int = 24, seed: int = VAL_SEED, grid
     chosen = max(meeting, key=lambda r: r["recall"] + r["precision"]) if meeting else max(rows, key=margin)
     return {"seed": seed, "scenes": n_scenes, "rows": rows, "chosen": {k: chosen[k] for k in names},
             "chosen_meets_targets": margin(chosen) >= 0}
+
+
+# The generator settings tried for a newly trained model: the coarse corners of GENERATOR_GRID
+# (18 settings on 24 validation scenes take ~6 minutes on 2 cores, the full grid's 60 over 20).
+SHIP_SWEEP_GRID = {"points_per_side": (16, 32), "pred_iou_thresh": (0.5, 0.7, 0.88),
+                   "stability_score_thresh": (0.7, 0.8, 0.9)}
+
+
+def find_metric(metrics: Dict, key: str) -> float:
+    """A metric by name at the top level of :func:`model_card_metrics`' result or in one of its
+    sections (``refinement``, ``automatic``)."""
+    for section in (metrics, metrics.get("refinement", {}), metrics.get("automatic", {})):
+        if key in section:
+            return section[key]
+    raise KeyError(key)
+
+
+def evaluate_trained(sam, n_scenes: int = 500, scene_min_area: int = SHIPPED_RECIPE["scene_min_area"],
+                     sweep_grid: Optional[Dict] = None, sweep_scenes: int = 24, progress: bool = False) -> Dict:
+    """What ``minisam train-micro --evaluate N`` writes to eval.json for a newly trained model:
+    first the automatic generator's settings are chosen on validation scenes
+    (:func:`sweep_generator_settings` over ``sweep_grid``, default :data:`SHIP_SWEEP_GRID`; the
+    held-out scenes never choose anything), then :func:`model_card_metrics` with those settings,
+    plus ``generator_sweep`` and ``targets`` (each of :data:`TARGETS` with its value and whether
+    it is met). The registry entry that ships the model takes ``generator_sweep["chosen"]`` as
+    its ``generator_defaults``."""
+    sweep = sweep_generator_settings(sam, sweep_scenes, grid=sweep_grid or SHIP_SWEEP_GRID,
+                                     scene_min_area=scene_min_area, progress=progress)
+    metrics = model_card_metrics(sam, n_scenes, progress=progress, scene_min_area=scene_min_area,
+                                 generator_settings=sweep["chosen"])
+    metrics["generator_sweep"] = sweep
+    metrics["targets"] = {k: {"target": v, "value": find_metric(metrics, k), "met": find_metric(metrics, k) >= v}
+                          for k, v in TARGETS.items()}
+    return metrics
 
 
 def training_curve_figure(train_log: Dict, path: str, targets: Optional[Dict] = None) -> str:

@@ -37,9 +37,12 @@
 # attention of lesson 11); they differ only by the weights $w_k$ with which they mix its $C/8$
 # upscaled channels.
 #
-# The figures show the upscaled channels and, for each mask token, its C/8 weights and the
-# resulting 4G x 4G logits, for a click on a synthetic scene (default model ``micro``; ``--model
-# vit_b`` for the official weights).
+# The figures are for a click on a synthetic scene (default model ``micro``; ``--model vit_b``
+# for the official weights). The main one, ``12_mask_logits.png``, shows the click and the mask
+# ``predict()`` returns, the $K \times C/8$ matrix $W$ of hypernetwork weights, and the 4G x 4G
+# logits of the best- and the worst-scored multimask tokens: one upscaled embedding, two rows of
+# $W$, two masks. ``12_upscaled_channels.png`` shows upscaled channels after each transposed
+# conv, and ``12_all_mask_tokens.png`` every mask token's weights and logits.
 #
 # Run:  python lessons/12_upsampling_and_hypernetworks.py --out out/12
 
@@ -209,28 +212,64 @@ plt.close(fig)
 
 # %% [markdown]
 # ## 4. The hypernetwork weights and the mask logits they make
+#
+# Top left: the click and the mask ``predict()`` returns (its best-scored one, upsampled to the
+# input size). Top right: $W$, one row of $C/8$ weights per mask token (row 0 is the
+# single-mask token). Bottom: the logits $m_k = w_k^{\top} E$ of the best- and the
+# worst-scored multimask tokens, on one colour scale; the black line is logit 0, the mask's edge.
 
 # %%
-fig, axes = plt.subplots(2, K + 1, figsize=(4 * (K + 1), 7))
+order = np.argsort(iou)                                           # [K - 1] multimask outputs, lowest score first
+best, worst = int(order[-1]), int(order[0])                       # output i is mask token i + 1
+lim = np.abs(all_masks).max()
+w_lim = np.abs(hyper).max()
+fig, axes = plt.subplots(2, 2, figsize=(7.6, 7.4), layout="constrained")
+ax = axes[0, 0]
+ax.imshow(scene.image)
+ax.imshow(np.where(masks[best][..., None], np.array([[[0.1, 0.6, 1.0, 0.6]]]), 0))   # [S, S, 4]
+ax.contour(target, levels=[0.5], colors="w", linewidths=1)
+ax.plot(*point, "g*", ms=15, mec="w")
+ax.set_title(f"click (star), object (white line),\npredict()'s mask {best + 1} (blue), {S} x {S}")
+ax.axis("off")
+ax = axes[0, 1]
+im = ax.imshow(hyper[0], cmap="PuOr_r", vmin=-w_lim, vmax=w_lim, aspect="auto")   # [K, C/8]
+ax.set_yticks(range(K))
+ax.set_xlabel(f"upscaled channel c (C/8 = {c8})")
+ax.set_ylabel("mask token k (0: single-mask)")
+ax.set_title(f"W: one row of {c8} weights per token\n= the 1x1 conv from the prompt")
+fig.colorbar(im, ax=ax, label="weight $w_{k,c}$")
+for ax, k in zip(axes[1], (best + 1, worst + 1)):
+    im = ax.imshow(all_masks[0, k], cmap="RdBu_r", vmin=-lim, vmax=lim)   # [M, M]
+    ax.contour(all_masks[0, k] > 0, levels=[0.5], colors="k", linewidths=1)
+    ax.set_title(f"mask {k} = $w_{k}^\\top E$, {M} x {M}:\n{100 * (all_masks[0, k] > 0).mean():.0f}% > 0, "
+                 f"IoU score {iou[k - 1]:.2f}")
+    ax.axis("off")
+fig.colorbar(im, ax=axes[1], shrink=0.9, label="mask logit (black line: 0)")
+fig.suptitle(f"Masks differ only by their token's {c8} weights on the same\nupscaled channels E: "
+             f"mask {best + 1} scores {iou[best]:.2f}, mask {worst + 1} {iou[worst]:.2f}")
+_lesson.save(fig, args, "12_mask_logits.png")
+plt.close(fig)
+
+# Every mask token: its weights (top) and its logits (bottom).
+fig, axes = plt.subplots(2, K + 1, figsize=(3.4 * (K + 1), 6.6), layout="constrained")
 axes[0, 0].imshow(scene.image)
 axes[0, 0].contour(target, levels=[0.5], colors="w", linewidths=1)
 axes[0, 0].plot(*point, "g*", ms=15, mec="w")
 axes[0, 0].set_title("the click (white: the object)")
 axes[0, 0].axis("off")
-best = int(np.argmax(iou))
 axes[1, 0].imshow(scene.image)
 axes[1, 0].imshow(np.where(masks[best][..., None], np.array([[[0.1, 0.6, 1.0, 0.6]]]), 0))   # [S, S, 4]
 axes[1, 0].set_title(f"predict(): mask {best + 1} (best score),\nupsampled to {S} x {S}")
 axes[1, 0].axis("off")
-lim = np.abs(all_masks).max()
 for k in range(K):
     axes[0, k + 1].bar(np.arange(c8), hyper[0, k], color="C0" if k == 0 else "C1")
-    axes[0, k + 1].set_title(f"mask token {k}: {c8} weights" + (" (single-mask)" if k == 0 else ""))
+    axes[0, k + 1].set_title(f"mask token {k}: {c8} weights\n" + ("(single-mask)" if k == 0 else "(multimask)"))
     im = axes[1, k + 1].imshow(all_masks[0, k], cmap="RdBu_r", vmin=-lim, vmax=lim)
     score = "" if k == 0 else f", IoU score {iou[k - 1]:.2f}"
     axes[1, k + 1].set_title(f"mask {k} logits\n{100 * (all_masks[0, k] > 0).mean():.0f}% > 0{score}")
     axes[1, k + 1].axis("off")
-fig.colorbar(im, ax=axes[1, 1:], shrink=0.8)
-fig.suptitle(f"Each mask = its token's hypernetwork vector . the {c8} upscaled channels, per pixel ({M} x {M})")
-_lesson.save(fig, args, "12_mask_logits.png")
+fig.colorbar(im, ax=axes[1, 1:], shrink=0.8, label="mask logit")
+fig.suptitle(f"Each mask k = $w_k^\\top E$: its token's hypernetwork vector times the {c8} upscaled channels, "
+             f"per pixel ({M} x {M})")
+_lesson.save(fig, args, "12_all_mask_tokens.png")
 plt.close(fig)

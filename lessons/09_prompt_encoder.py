@@ -81,6 +81,12 @@ print(f"Gaussian matrix: {gauss.shape} (2 coordinates x {C // 2} random directio
 #
 # Each sin/cos pair is a plane wave across the image; the length of its Gaussian direction
 # |g| is its spatial frequency. Low frequencies tell coarse position, high ones fine position.
+# Along g, $\tilde p$ moves by $2/S$ per pixel, so the wave repeats every $S / (2 |g|)$ pixels.
+#
+# The main figure shows the sine of the lowest- and the highest-frequency pair (left and right
+# column): top, on the G x G grid, the only places where the decoder sees it; bottom, at every
+# input pixel, which shows the continuous wave that the grid samples. ``09_dense_pe_all_channels.png``
+# adds two frequencies in between and the cosine channels.
 
 # %%
 pe = dense_pe(p, cfg)                                             # [C, G, G]
@@ -92,12 +98,40 @@ _lesson.claim(np.array_equal(sam.get_dense_pe()[0], pe), "get_dense_pe() is the 
 freq = np.linalg.norm(gauss, axis=0)                              # [C/2] frequency of each pair
 order = np.argsort(freq)
 picks = [order[0], order[len(order) // 3], order[2 * len(order) // 3], order[-1]]
-# The decoder sees the PE only at the G x G cell centres (top two rows); it is a continuous
-# function of position, so evaluating it at every input pixel (bottom row) shows the wave.
+period = S / (2 * freq)                                           # [C/2] wavelength of each pair, pixels
+# The decoder sees the PE only at the G x G cell centres; it is a continuous function of
+# position, so evaluating it at every input pixel shows the wave.
 yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)                   # [S, S] each
 pixels = np.stack([xx, yy], axis=-1).reshape(1, S * S, 2)         # [1, S*S, 2] (x, y)
 pe_pixels = pe_with_coords(p, cfg, pixels + 0.5)[0].reshape(S, S, C)   # [S*S, C] -> [S, S, C]
 print(f"the same PE at every input pixel: {pe_pixels.shape}")
+low, high = picks[0], picks[-1]
+print(f"wavelength S / (2|g|): {period[low]:.0f} px at |g| = {freq[low]:.2f}, "
+      f"{period[high]:.0f} px = {period[high] * G / S:.1f} cells at |g| = {freq[high]:.2f}")
+step = period[high] * gauss[:, high] / freq[high]                 # [2] one wavelength along g, pixels
+ends = np.stack([np.full(2, S / 2), S / 2 + step])[None]          # [1, 2, 2] (x, y), a wavelength apart
+wave = pe_with_coords(p, cfg, ends)[0, :, high]                   # [2] sin channel at both ends
+_lesson.claim(abs(wave[0] - wave[1]) < 1e-3,
+              f"sin channel {high} takes the same value one wavelength S / (2|g|) = {period[high]:.1f} px "
+              f"along g apart")
+
+fig, axes = plt.subplots(2, 2, figsize=(7.6, 7.6), layout="constrained")
+fig.get_layout_engine().set(wspace=0.05)
+for j, c in enumerate((low, high)):
+    axes[0, j].imshow(pe[c], cmap="RdBu", vmin=-1, vmax=1)                 # [G, G]
+    axes[0, j].set_title(f"sin ch {c}, |g| = {freq[c]:.2f}:\non the {G} x {G} grid")
+    im = axes[1, j].imshow(pe_pixels[..., c], cmap="RdBu", vmin=-1, vmax=1)   # [S, S]
+    axes[1, j].set_title(f"at all {S} x {S} pixels:\nwavelength {period[c]:.0f} px")
+for ax in axes.flat:
+    ax.axis("off")
+fig.colorbar(im, ax=axes, shrink=0.6, label=r"PE channel value, $\sin(2\pi\, \tilde p \cdot g)$")
+fig.suptitle(f"Each PE channel is a plane wave of wavelength S / (2|g|): {period[low]:.0f} px at |g| = "
+             f"{freq[low]:.2f}\n(coarse position), {period[high]:.0f} px = {period[high] * G / S:.1f} cells at "
+             f"|g| = {freq[high]:.2f} (fine position)")
+_lesson.save(fig, args, "09_dense_pe_channels.png")
+plt.close(fig)
+
+# Four frequencies, sine and cosine on the grid (top two rows) and the sine at every pixel (bottom row).
 fig, axes = plt.subplots(3, 4, figsize=(12, 9.4))
 for j, c in enumerate(picks):
     for i, (off, name) in enumerate([(0, "sin"), (C // 2, "cos")]):
@@ -110,7 +144,7 @@ for j, c in enumerate(picks):
     axes[2, j].axis("off")
 fig.suptitle(f"Dense positional encoding on the {G} x {G} grid (rows 1-2), and between the cells (row 3)")
 fig.tight_layout()
-_lesson.save(fig, args, "09_dense_pe_channels.png")
+_lesson.save(fig, args, "09_dense_pe_all_channels.png")
 plt.close(fig)
 
 

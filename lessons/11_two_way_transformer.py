@@ -46,11 +46,14 @@
 # The LayerNorms come *after* each residual sum (post-norm), unlike the image encoder's pre-norm
 # blocks. Section 2b computes these four lines by hand.
 #
-# The figures show the softmax weights of token -> image attention for the point token, per
-# layer and head, as G x G maps over the image, and where the image looks at each token. The
-# model is the default one (``--model micro``, trained on synthetic shapes; ``--model vit_b``
-# for the official weights) and the image a synthetic scene: with trained weights some heads
-# look at the clicked shape, others at its border or at the rest of the scene.
+# The figures show the softmax weights of token -> image attention for the point token as G x G
+# maps over the image, and where the image looks at each token. The model is the default one
+# (``--model micro``, trained on synthetic shapes; ``--model vit_b`` for the official weights)
+# and the image a synthetic scene: with trained weights some heads look at the clicked shape,
+# others at its border or at the rest of the scene. The main figure,
+# ``11_token_to_image_attention.png``, shows the head that looks most at the clicked shape, the
+# one that looks least, and how much of its attention every head puts on the shape;
+# ``11_token_to_image_heads.png`` shows the maps of all heads.
 #
 # Run:  python lessons/11_two_way_transformer.py --out out/11
 
@@ -222,43 +225,83 @@ _lesson.claim(max(errors.values()) <= 1e-5,
 # %% [markdown]
 # ## 3. Token -> image attention of the point token, per layer and head
 #
-# Each map is one row of a softmax: it sums to 1 over the N image positions.
+# Each map is one row of a softmax: it sums to 1 over the N image positions. Its mass on the
+# object is the sum over the cells that lie mostly on the clicked shape. Top of the main
+# figure: the maps of the head with the most mass on the object (left) and the least (right),
+# on one colour scale; bottom: that mass for every head of both layers and the final attention,
+# against the share of the cells the object covers.
 
 # %%
 names = [f"{t}.layers.{i}.cross_attn_token_to_image" for i in range(cfg.decoder_depth)]
 names.append(f"{t}.final_attn_token_to_image")
+rows = [f"layer {i}" for i in range(cfg.decoder_depth)] + ["final"]   # one per attention in names
 heads = cfg.decoder_num_heads
 point_tok = 1 + K                                                 # the point token among the T tokens
 patch = S // G                                                    # pixels per grid cell
 inside = target.reshape(G, patch, G, patch).mean(axis=(1, 3)) > 0.5   # [S, S] -> [G, G] cells mostly on the object
-fig, axes = plt.subplots(len(names), heads, figsize=(2.0 * heads, 2.2 * len(names)))
-masses = []                                                       # per layer: [h] mass on the object
-for r, name in enumerate(names):
+maps, masses = [], []                                             # per attention: [h, G, G] maps, [h] on the object
+for name in names:
     w = trace[name + ".attn_weights"]                             # [B, h, T, N]
     on_object = w[0, :, point_tok][:, inside.ravel()].sum(-1)     # [h] attention mass on the object
+    maps.append(w[0, :, point_tok].reshape(heads, G, G))          # [h, N] -> [h, G, G]
     masses.append(on_object)
     print(f"{name}.attn_weights {w.shape}: row sum {w[0, 0, point_tok].sum():.4f}; mass on the object "
           f"per head {np.round(on_object, 2)} (object = {inside.mean():.0%} of the cells)")
+maps, masses = np.stack(maps), np.stack(masses)                   # [layers, h, G, G], [layers, h]
+share = inside.mean()
+most = np.unravel_index(np.argmax(masses), masses.shape)          # (layer, head)
+least = np.unravel_index(np.argmin(masses), masses.shape)         # (layer, head)
+
+fig, axes = plt.subplot_mosaic([["most", "least"], ["mass", "mass"]], figsize=(7.8, 8.2),
+                               height_ratios=[1.25, 1], layout="constrained")
+vmax = max(maps[most].max(), maps[least].max())
+for key, (r, h) in (("most", most), ("least", least)):
+    ax = axes[key]
+    ax.imshow(scene.image)
+    im = ax.imshow(maps[r, h], cmap="viridis", alpha=0.75, vmin=0, vmax=vmax, extent=(0, S, S, 0))   # [G, G]
+    ax.contour(target, levels=[0.5], colors="w", linewidths=1)
+    ax.plot(*point, "r*", ms=12)
+    ax.set_title(f"{rows[r]}, head {h}:\n{masses[r, h]:.2f} of it on the object")
+    ax.axis("off")
+fig.colorbar(im, ax=[axes["most"], axes["least"]], shrink=0.8, label="attention weight\n(sums to 1 over the image)")
+ax = axes["mass"]
+width = 0.8 / len(names)
+for r in range(len(names)):
+    ax.bar(np.arange(heads) + (r - (len(names) - 1) / 2) * width, masses[r], width, label=rows[r])
+ax.axhline(share, color="k", ls="--", lw=1, label=f"object: {share:.2f} of the cells")
+ax.set_xticks(range(heads))
+ax.set_xlabel("head")
+ax.set_ylabel("attention on the object")
+ax.set_ylim(0, 1.05)
+ax.legend(ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+ax.grid(axis="y", alpha=0.3)
+fig.suptitle(f"Token -> image attention of the point token over the {G} x {G} image:\n"
+             f"up to {masses.max():.2f} of it falls on the clicked {scene.kinds[obj]} (white line; star: the click),\n"
+             f"as little as {masses.min():.2f} in other heads")
+_lesson.save(fig, args, "11_token_to_image_attention.png")
+plt.close(fig)
+
+# Every head of every layer.
+fig, axes = plt.subplots(len(names), heads, figsize=(2.0 * heads, 2.2 * len(names)))
+for r in range(len(names)):
     for h in range(heads):
         ax = axes[r, h]
         ax.imshow(scene.image)
-        ax.imshow(w[0, h, point_tok].reshape(G, G), cmap="viridis", alpha=0.75, extent=(0, S, S, 0))  # [N] -> [G, G]
+        ax.imshow(maps[r, h], cmap="viridis", alpha=0.75, extent=(0, S, S, 0))   # [G, G]
         ax.contour(target, levels=[0.5], colors="w", linewidths=0.8)
         ax.plot(*point, "r*", ms=8)
         ax.set_xticks([])
         ax.set_yticks([])
         if r == 0:
             ax.set_title(f"head {h}")
-    axes[r, 0].set_ylabel(f"layer {r}" if r < cfg.decoder_depth else "final", fontsize=11)
+    axes[r, 0].set_ylabel(rows[r], fontsize=11)
 fig.suptitle(f"Token -> image attention of the point token ({G} x {G} softmax weights; white: the clicked object)")
 fig.tight_layout()
-_lesson.save(fig, args, "11_token_to_image_attention.png")
+_lesson.save(fig, args, "11_token_to_image_heads.png")
 plt.close(fig)
 row_off = max(float(np.abs(trace[name + ".attn_weights"].sum(-1) - 1).max()) for name in names)
 _lesson.claim(row_off <= 1e-5, f"every token's token -> image weights, in every layer and head, sum to 1 over "
                                f"the N = {G * G} positions (max |sum - 1| {row_off:.1e})")
-masses = np.stack(masses)                                         # [layers, h]
-share = inside.mean()
 if args.checkpoint is None:   # the registered models are trained; a --checkpoint may hold any weights
     _lesson.claim(masses.max() >= max(0.5, 3 * share) and masses.min() < share,
                   f"with trained weights some heads look at the clicked shape, others away from it: up to "

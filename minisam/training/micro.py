@@ -649,8 +649,8 @@ def sweep_generator_settings(sam, n_scenes: int = 24, seed: int = VAL_SEED, grid
             "chosen_meets_targets": margin(chosen) >= 0}
 
 
-# The generator settings tried for a newly trained model: the coarse corners of GENERATOR_GRID
-# (18 settings on 24 validation scenes take ~6 minutes on 2 cores, the full grid's 60 over 20).
+# The generator settings tried for a newly trained model: the coarse corners of GENERATOR_GRID,
+# 18 settings where the full grid has 60 (each setting runs the generator on every validation scene).
 SHIP_SWEEP_GRID = {"points_per_side": (16, 32), "pred_iou_thresh": (0.5, 0.7, 0.88),
                    "stability_score_thresh": (0.7, 0.8, 0.9)}
 

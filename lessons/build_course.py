@@ -95,7 +95,7 @@ LESSONS = {
            "21_times.png"),
     "22": ("The backward pass in NumPy, and fine-tuning the decoder",
            "each layer's gradient by the chain rule, checked against finite differences; micro's prompt encoder "
-           "and mask decoder fine-tuned on shapes it has never seen, before and after", "22_finetune.png"),
+           "and mask decoder fine-tuned on close-ups, a scale it has never seen, before and after", "22_finetune.png"),
 }
 
 

@@ -65,7 +65,8 @@ def test_train_micro_cli_few_steps(tmp_path):
     # step 1 supervises the first prompt only, step 2 runs the 11 interactive rounds
     res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "2", "--out", str(out),
                           "--single-round-steps", "1", "--batch-images", "1", "--masks-per-image", "2", "--val-every", "2",
-                          "--threads", "1", "--no-progress"], capture_output=True, text=True, timeout=600)
+                          "--iou-head-scenes", "2", "--threads", "1", "--no-progress"], capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stderr
     log = json.loads((out / "train_log.json").read_text())
     assert len(log["history"]) == 2 and np.isfinite(log["history"][-1]["loss"])
@@ -124,27 +125,28 @@ def test_resumed_runs_equal_one_run(tmp_path):
     from minisam.training.micro import train
     cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
     kw = dict(steps=4, single_round_steps=2, batch_images=1, masks_per_image=2, val_every=4, threads=1,
-              progress=False, config=cfg, log=lambda *a: None, warmup=2)
+              progress=False, config=cfg, log=lambda *a: None, warmup=2, iou_head_scenes=2)
     whole = train(out_dir=str(tmp_path / "whole"), **kw)
     part = train(out_dir=str(tmp_path / "parts"), max_minutes=0, save_every=1, **kw)
     assert not part["finished"] and len(part["history"]) == 1
     while not part["finished"]:
         part = train(out_dir=str(tmp_path / "parts"), resume=True, max_minutes=0, save_every=1,
                      **{k: v for k, v in kw.items() if k not in ("steps",)})
-    assert [r["run"] for r in part["runs"]] == [1, 2, 3, 4]
-    assert [(r["start_step"], r["end_step"]) for r in part["runs"]] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert [r["run"] for r in part["runs"]] == [1, 2, 3, 4, 5]
+    assert [(r["start_step"], r["end_step"]) for r in part["runs"]] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 4)]
+    assert [r.get("stage") for r in part["runs"]] == [None] * 4 + ["iou_head"]   # the IoU-head stage, once
     assert [h["loss"] for h in part["history"]] == [h["loss"] for h in whole["history"]]
     a = torch.load(whole["checkpoint"], weights_only=True)
     b = torch.load(part["checkpoint"], weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = json.loads((tmp_path / "parts" / "train_log.json").read_text())
-    assert len(log["runs"]) == 4 and log["total_seconds"] == sum(r["seconds"] for r in log["runs"])
+    assert len(log["runs"]) == 5 and log["total_seconds"] == sum(r["seconds"] for r in log["runs"])
 
 
 def test_train_micro_cli_resume(tmp_path):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "minisam", "train-micro", "--single-round-steps", "1", "--batch-images", "1",
-            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress"]
+            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress", "--iou-head-scenes", "1"]
     res = subprocess.run(base + ["--steps", "2", "--out", str(out), "--max-minutes", "0", "--save-every", "1"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
@@ -152,7 +154,8 @@ def test_train_micro_cli_resume(tmp_path):
     res = subprocess.run(base + ["--resume", str(out)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     log = json.loads((out / "train_log.json").read_text())
-    assert [r["end_step"] for r in log["runs"]] == [1, 2] and len(log["history"]) == 2
+    assert [r["end_step"] for r in log["runs"]] == [1, 2, 2] and len(log["history"]) == 2
+    assert log["runs"][-1]["stage"] == "iou_head" and log["iou_head_scenes"] == 1
     missing = subprocess.run(base + ["--resume", str(tmp_path / "nothing")], capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode != 0 and "no training state to resume" in missing.stderr

@@ -91,7 +91,8 @@ def _float64_builder(monkeypatch):
 def run_both(tmp_path, monkeypatch, dtype, cfg, grad_steps=0, **recipe):
     """Both engines from the torch engine's init; with ``grad_steps``, also each side's gradients
     (after clipping) of the first ``grad_steps`` steps, {step: {name: array}}."""
-    kw = dict(seed=0, threads=1, progress=False, log=lambda *a: None, config=cfg, **recipe)
+    # iou_head_scenes=0 unless given: these compare the main schedule (the stage has its own tests)
+    kw = dict(seed=0, threads=1, progress=False, log=lambda *a: None, config=cfg, **{"iou_head_scenes": 0, **recipe})
     init = _torch_init(cfg, kw["seed"])
     ref_grads, our_grads = {}, {}
 
@@ -209,19 +210,20 @@ def test_numpy_resumed_runs_equal_one_run(tmp_path):
     where one uninterrupted run does (weights, AdamW moments, schedule, the generator)."""
     cfg = SMALL.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
     kw = dict(steps=3, single_round_steps=2, batch_images=1, masks_per_image=2, val_every=3, threads=1,
-              progress=False, config=cfg, log=lambda *a: None, warmup=2, engine="numpy")
+              progress=False, config=cfg, log=lambda *a: None, warmup=2, engine="numpy", iou_head_scenes=2)
     whole = train(out_dir=str(tmp_path / "whole"), **kw)
     part = train(out_dir=str(tmp_path / "parts"), max_minutes=0, save_every=1, **kw)
     assert not part["finished"] and len(part["history"]) == 1
     while not part["finished"]:
         part = train(out_dir=str(tmp_path / "parts"), resume=True, max_minutes=0, save_every=1,
                      **{k: v for k, v in kw.items() if k != "steps"})
-    assert [(r["start_step"], r["end_step"]) for r in part["runs"]] == [(0, 1), (1, 2), (2, 3)]
+    assert [(r["start_step"], r["end_step"]) for r in part["runs"]] == [(0, 1), (1, 2), (2, 3), (3, 3)]
+    assert part["runs"][-1]["stage"] == "iou_head"
     assert [h["loss"] for h in part["history"]] == [h["loss"] for h in whole["history"]]
     a, b = load_state_dict(whole["checkpoint"]), load_state_dict(part["checkpoint"])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     log = json.loads((tmp_path / "parts" / "train_log.json").read_text())
-    assert log["engine"] == "numpy" and len(log["runs"]) == 3
+    assert log["engine"] == "numpy" and len(log["runs"]) == 4
     # the checkpoint is the official format: torch reads it
     sd = torch.load(whole["checkpoint"], weights_only=True)
     assert all(np.array_equal(sd[k].numpy(), a[k]) for k in a)
@@ -262,7 +264,7 @@ def test_cli_numpy_engine_without_torch(tmp_path):
     from the folder's state), and the torch engine refuses to resume it."""
     out = tmp_path / "run"
     base = [sys.executable, "-c", _NO_TORCH, "train-micro", "--single-round-steps", "1", "--batch-images", "1",
-            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress"]
+            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress", "--iou-head-scenes", "1"]
     res = subprocess.run(base + ["--engine", "numpy", "--steps", "2", "--out", str(out), "--max-minutes", "0",
                                  "--save-every", "1"], capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr

@@ -38,6 +38,9 @@ def add_parser(sub):
     p.add_argument("--scene-min-area", type=int, default=R["scene_min_area"],
                    help="the scene domain: every part, object and group mask has at least this many visible "
                         f"pixels (minisam.training.shapes.make_scene's min_area; default {R['scene_min_area']})")
+    p.add_argument("--iou-head-scenes", type=int, default=R["iou_head_scenes"],
+                   help="the last stage: refit the IoU head alone on frozen features of N training scenes "
+                        f"(minisam.training.iou_head; 0 skips it; default {R['iou_head_scenes']})")
     p.add_argument("--lr", type=float, default=R["lr"])
     p.add_argument("--warmup", type=int, default=R["warmup"], help="warm-up steps (default min(300, steps/10))")
     p.add_argument("--val-every", type=int, default=R["val_every"])
@@ -64,6 +67,8 @@ def run(args) -> int:
         raise MinisamError("--save-every must be at least 1")
     if args.steps < 1:
         raise MinisamError("--steps must be at least 1")
+    if args.iou_head_scenes < 0:
+        raise MinisamError("--iou-head-scenes must be >= 0")
     if args.single_round_steps < 0:
         raise MinisamError("--single-round-steps must be >= 0")
     engine = args.engine or "torch"
@@ -87,7 +92,8 @@ def run(args) -> int:
     result = train(args.steps, out, seed=args.seed, batch_images=args.batch_images,
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
                    val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps,
-                   iou_outputs=args.iou_outputs, scene_min_area=args.scene_min_area, progress=not args.no_progress, resume=bool(args.resume),
+                   iou_outputs=args.iou_outputs, scene_min_area=args.scene_min_area,
+                   iou_head_scenes=args.iou_head_scenes, progress=not args.no_progress, resume=bool(args.resume),
                    max_minutes=args.max_minutes, save_every=args.save_every, engine=engine)
     if not result["finished"]:
         print(f"unfinished: state saved in {out}; continue with: minisam train-micro --resume {out}")

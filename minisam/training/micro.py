@@ -14,7 +14,9 @@ paper's recipe (Kirillov et al. 2023, section 3 "Losses and training", appendix 
   then points sampled from the error region with the previous logits fed back as the mask
   prompt, and mask-only rounds (in the shipped recipe the last 500 of 8000 steps; the others
   supervise the first prompt only, a point and a box for every target);
-- AdamW with linear warm-up and cosine decay.
+- AdamW with linear warm-up and cosine decay;
+- optionally, a last stage that refits the IoU head alone on frozen features
+  (:mod:`minisam.training.iou_head`; ``iou_head_scenes``, off in the shipped recipe).
 
 The shipped model's recipe is :data:`SHIPPED_RECIPE`: ``train(out_dir=...)`` with no other
 argument and ``minisam train-micro --out DIR`` both run it.
@@ -43,9 +45,13 @@ from minisam.training.interactive import (MASK_ONLY, mask_box, next_click, noisy
 # ``minisam train-micro``. ``single_round_steps``: a curriculum, the first steps supervise the
 # initial prompt only (a point and a box for every target); the rest run all 11 rounds.
 # ``warmup=None``: min(300, steps // 10) linear warm-up steps (300 for the shipped 8000).
+# ``iou_head_*``: a last stage that refits the IoU head alone on frozen features of
+# ``iou_head_scenes`` training scenes (:mod:`minisam.training.iou_head`); 0 scenes, as for the
+# shipped model, skips it.
 SHIPPED_RECIPE = dict(steps=8000, single_round_steps=7500, batch_images=4, masks_per_image=8, lr=8e-4,
                       weight_decay=0.05, warmup=None, graded_rounds=4, clip_grad=1.0, iou_outputs="all",
-                      val_every=500, scene_min_area=0)
+                      val_every=500, scene_min_area=0, iou_head_scenes=0, iou_head_epochs=30,
+                      iou_head_rank_weight=0.1, iou_head_mix=0.3)
 
 # Scene seeds: training draws from TRAIN_SEED's stream; validation and the held-out evaluation
 # use seeds that training never touches.
@@ -241,7 +247,29 @@ def _val_torch(model, scenes, size):
 
 STATE_NAME = "train_state.pth"   # the resumable state of a run, in out_dir
 RECIPE_KEYS = ("steps", "seed", "batch_images", "masks_per_image", "lr", "weight_decay", "warmup", "val_every",
-               "graded_rounds", "clip_grad", "single_round_steps", "iou_outputs", "scene_min_area")
+               "graded_rounds", "clip_grad", "single_round_steps", "iou_outputs", "scene_min_area",
+               "iou_head_scenes", "iou_head_epochs", "iou_head_rank_weight", "iou_head_mix")
+
+
+def iou_head_stage(params, cfg, rng, recipe, runs, log, progress) -> None:
+    """The recipe's last stage, once per run (both engines): refit the IoU head of ``params``
+    (nested NumPy params, in place) and append the stage to ``runs`` with its compute time."""
+    if not recipe.get("iou_head_scenes") or any(r.get("stage") == "iou_head" for r in runs):
+        return
+    from minisam.training.iou_head import calibrate_iou_head
+    info = calibrate_iou_head(params, cfg, rng, recipe["iou_head_scenes"], recipe["iou_head_epochs"],
+                              recipe["iou_head_rank_weight"], recipe.get("iou_head_mix", 1.0), scene_min_area=recipe.get("scene_min_area", 0),
+                              progress=progress, log=log)
+    step = recipe["steps"]
+    runs.append({"run": len(runs) + 1, "stage": "iou_head", "start_step": step, "end_step": step,
+                 "seconds": info.pop("seconds"), **info})
+
+
+def with_new_recipe_keys(stored: Dict, given: Dict) -> Dict:
+    """A saved recipe, completed with the recipe keys added after it was saved (taken from
+    ``given``, the arguments of the resuming call): a run saved before the IoU-head stage existed
+    resumes into it."""
+    return {**{k: given[k] for k in RECIPE_KEYS if k not in stored and k in given}, **stored}
 
 
 def _save_state(out_dir, model, opt, step, rng, recipe, cfg, history, runs):
@@ -275,7 +303,11 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
           graded_rounds: int = SHIPPED_RECIPE["graded_rounds"], clip_grad: Optional[float] = SHIPPED_RECIPE["clip_grad"],
           single_round_steps: int = SHIPPED_RECIPE["single_round_steps"],
           iou_outputs: str = SHIPPED_RECIPE["iou_outputs"],
-          scene_min_area: int = SHIPPED_RECIPE["scene_min_area"], config=None, on_step=None,
+          scene_min_area: int = SHIPPED_RECIPE["scene_min_area"],
+          iou_head_scenes: int = SHIPPED_RECIPE["iou_head_scenes"],
+          iou_head_epochs: int = SHIPPED_RECIPE["iou_head_epochs"],
+          iou_head_rank_weight: float = SHIPPED_RECIPE["iou_head_rank_weight"],
+          iou_head_mix: float = SHIPPED_RECIPE["iou_head_mix"], config=None, on_step=None,
           threads: Optional[int] = None, progress: bool = True, log=print, resume: bool = False,
           max_minutes: Optional[float] = None, save_every: int = 200, engine: str = "torch") -> Dict:
     """Train :data:`minisam.config.MICRO` for ``steps`` steps; write ``microsam_shapes.pth`` and a
@@ -288,6 +320,8 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     target both a point and a box: two decoder passes on one encoder pass (2.3x the supervised
     prompts for 1.5x the time of one prompt, measured with 2 threads and 4 images). The rest
     run the full 11-round simulation from a point or a box. ``iou_outputs`` is passed to :func:`sam_loss_torch`.
+    After the last step, :func:`iou_head_stage` refits the IoU head alone (``iou_head_*``), in
+    NumPy for both engines.
 
     Resumable: every ``save_every`` steps (and at each validation) the run writes
     ``train_state.pth``: weights, AdamW moments, the step, both RNG streams, the recipe, the log
@@ -300,7 +334,9 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     if engine == "numpy":
         from minisam.training.micro_numpy import train as train_numpy
         return train_numpy(steps, out_dir, seed, batch_images, masks_per_image, lr, weight_decay, warmup, val_every,
-                           graded_rounds, clip_grad, single_round_steps, iou_outputs, scene_min_area, config=config,
+                           graded_rounds, clip_grad, single_round_steps, iou_outputs, scene_min_area,
+                           iou_head_scenes=iou_head_scenes, iou_head_epochs=iou_head_epochs,
+                           iou_head_rank_weight=iou_head_rank_weight, iou_head_mix=iou_head_mix, config=config,
                            on_step=on_step, threads=threads, progress=progress, log=log, resume=resume,
                            max_minutes=max_minutes, save_every=save_every)
     if engine != "torch":
@@ -315,15 +351,17 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
     state = _load_state(out_dir) if resume else None
+    stage_args = dict(iou_head_scenes=iou_head_scenes, iou_head_epochs=iou_head_epochs,
+                      iou_head_rank_weight=iou_head_rank_weight, iou_head_mix=iou_head_mix)
     if state is not None:
-        recipe = dict(state["recipe"])
+        recipe = with_new_recipe_keys(dict(state["recipe"]), stage_args)
         cfg = make_config(**state["config"])
     else:
         cfg = config or MICRO
         recipe = dict(steps=steps, seed=seed, batch_images=batch_images, masks_per_image=masks_per_image, lr=lr,
                       weight_decay=weight_decay, val_every=val_every, graded_rounds=graded_rounds,
                       clip_grad=clip_grad, single_round_steps=single_round_steps, iou_outputs=iou_outputs,
-                      scene_min_area=scene_min_area,
+                      scene_min_area=scene_min_area, **stage_args,
                       warmup=warmup if warmup is not None else max(1, min(300, steps // 10)))
     steps, seed, warmup = recipe["steps"], recipe["seed"], recipe["warmup"]
     torch.manual_seed(seed)
@@ -389,6 +427,13 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         if stop_now:
             return _stopped(log, step, steps, run, out_dir, history, runs)
     model.eval()
+    if recipe.get("iou_head_scenes") and not any(r.get("stage") == "iou_head" for r in runs):
+        from minisam.checkpoints.param_tree import nest
+        params = nest({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+        iou_head_stage(params, cfg, rng, recipe, runs, log, progress)
+        for i, layer in enumerate(model.mask_decoder.iou_prediction_head.layers):
+            layer.weight.data = torch.from_numpy(params["mask_decoder"]["iou_prediction_head"]["layers"][i]["weight"])
+            layer.bias.data = torch.from_numpy(params["mask_decoder"]["iou_prediction_head"]["layers"][i]["bias"])
     path = os.path.join(out_dir, "microsam_shapes.pth")
     torch.save(model.state_dict(), path)
     _save_state(out_dir, model, opt, steps, rng, recipe, cfg, history, runs)
@@ -650,8 +695,10 @@ def sweep_generator_settings(sam, n_scenes: int = 24, seed: int = VAL_SEED, grid
 
 
 # The generator settings tried for a newly trained model: the coarse corners of GENERATOR_GRID,
-# 18 settings where the full grid has 60 (each setting runs the generator on every validation scene).
-SHIP_SWEEP_GRID = {"points_per_side": (16, 32), "pred_iou_thresh": (0.5, 0.7, 0.88),
+# 9 settings where the full grid has 60 (each setting runs the generator on every validation
+# scene). One grid side, 16: one point per 8 x 8 pixels of these 128-pixel scenes, whose masks
+# have at least 100 pixels; a 32-point side costs four times the decoder passes.
+SHIP_SWEEP_GRID = {"points_per_side": (16,), "pred_iou_thresh": (0.5, 0.7, 0.88),
                    "stability_score_thresh": (0.7, 0.8, 0.9)}
 
 

@@ -57,7 +57,8 @@ from minisam.config import MICRO, expected_shapes
 from minisam.errors import MinisamError
 from minisam.training.decoder_training import interactive_rounds
 from minisam.training.interactive import mask_box
-from minisam.training.micro import VAL_SEED, _lr, _save_or_stop, _stopped, _validation_line, draw_batch
+from minisam.training.micro import (VAL_SEED, _lr, _save_or_stop, _stopped, _validation_line, draw_batch,
+                                    iou_head_stage, with_new_recipe_keys)
 from minisam.training.optim import adamw_init, adamw_step, clip_grad_norm
 from minisam.training.shapes import interior_point, make_scene
 
@@ -257,7 +258,9 @@ def _check_weights(flat, cfg, source: str, dtype) -> Dict[str, np.ndarray]:
 
 def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_image: int, lr: float,
           weight_decay: float, warmup: Optional[int], val_every: int, graded_rounds: int, clip_grad: Optional[float],
-          single_round_steps: int, iou_outputs: str, scene_min_area: int, config=None, on_step=None,
+          single_round_steps: int, iou_outputs: str, scene_min_area: int, iou_head_scenes: int = 0,
+          iou_head_epochs: int = 0, iou_head_rank_weight: float = 0.0, iou_head_mix: float = 1.0, config=None,
+          on_step=None,
           threads: Optional[int] = None, progress: bool = True, log=print, resume: bool = False,
           max_minutes: Optional[float] = None, save_every: int = 200, dtype="float32", init=None) -> Dict:
     """:func:`minisam.training.micro.train` with ``engine="numpy"``: the same arguments, files and
@@ -271,9 +274,12 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
     if threads:
         set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
+    stage_args = dict(iou_head_scenes=iou_head_scenes, iou_head_epochs=iou_head_epochs,
+                      iou_head_rank_weight=iou_head_rank_weight, iou_head_mix=iou_head_mix)
     if resume:
         meta, flat, opt_state = load_state(out_dir)
-        recipe, cfg, dtype = dict(meta["recipe"]), make_config(**meta["config"]), np.dtype(meta["dtype"])
+        recipe, cfg, dtype = (with_new_recipe_keys(dict(meta["recipe"]), stage_args), make_config(**meta["config"]),
+                              np.dtype(meta["dtype"]))
         flat = _check_weights(flat, cfg, os.path.join(out_dir, STATE_NAME), dtype)
         history, runs, first_step = list(meta["history"]), list(meta["runs"]), int(meta["step"])
     else:
@@ -284,7 +290,7 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
         recipe = dict(steps=steps, seed=seed, batch_images=batch_images, masks_per_image=masks_per_image, lr=lr,
                       weight_decay=weight_decay, val_every=val_every, graded_rounds=graded_rounds,
                       clip_grad=clip_grad, single_round_steps=single_round_steps, iou_outputs=iou_outputs,
-                      scene_min_area=scene_min_area,
+                      scene_min_area=scene_min_area, **stage_args,
                       warmup=warmup if warmup is not None else max(1, min(300, steps // 10)))
         if init is None:
             flat = official_init(cfg, np.random.default_rng([seed, 1]), dtype)  # a stream apart from the data's
@@ -338,6 +344,7 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
             save_state(out_dir, params, opt_state, step + 1, rng, recipe, cfg, history, runs, dtype)
         if stop_now:
             return _stopped(log, step, steps, run, out_dir, history, runs)
+    iou_head_stage(params, cfg, rng, recipe, runs, log, progress)
     path = os.path.join(out_dir, "microsam_shapes.pth")
     save_model("microsam_shapes.pth")
     save_state(out_dir, params, opt_state, steps, rng, recipe, cfg, history, runs, dtype)

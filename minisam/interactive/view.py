@@ -31,6 +31,7 @@ Ht x Wt a thumbnail, S the model input side, R the low-res side.
 from __future__ import annotations
 
 import os
+import textwrap
 import threading
 import time
 import warnings
@@ -121,7 +122,9 @@ class ClickView:
         model = f" · {s.model_name}" if s.model_name else ""
         self.title = fig.text(0.012, 0.985, f"minisam click · {name} · {W}x{H}{model}", fontsize=12,
                               weight="bold", va="top")
-        self.status = fig.text(0.012, 0.95, "", fontsize=10, va="top", wrap=True)
+        # wrapped by _fit_width, not matplotlib's wrap=True: that measures the text word by word at
+        # every draw, about half of a click's redraw (profiled on micro)
+        self.status = fig.text(0.012, 0.95, "", fontsize=10, va="top")
 
         ax = self.ax = fig.add_axes([0.012, 0.29, 0.60, 0.58])
         shown = s.image[self.rows][:, self.cols]  # [Hv, Wv, 3]
@@ -215,7 +218,8 @@ class ClickView:
         s = self.session
         st = s.state
         busy = f"{s.busy}{self._progress} ..." if s.busy else ""
-        self.status.set_text(busy or (s.describe() + (f"\n{s.message}" if s.message else "")))
+        self.status.set_text(self._fit_width(busy or (s.describe() + (f"\n{s.message}" if s.message else "")),
+                                             self.status.get_fontsize()))
         if st.empty:
             self.overlay.set_data(np.zeros(self.overlay.get_array().shape, np.uint8))
         else:
@@ -252,6 +256,12 @@ class ClickView:
         self.help.set_visible(s.show_help)
         self._draw_internals()
         self._show()
+
+    def _fit_width(self, text: str, fontsize: float) -> str:
+        """``text`` with each line wrapped at the figure's width, counting 0.6 em a character (a
+        wide average for DejaVu Sans), so that the figure's current size decides the wrap."""
+        chars = max(20, int(0.97 * self.fig.bbox.width / (0.6 * fontsize * self.fig.dpi / 72)))
+        return "\n".join(textwrap.fill(line, chars) if line else line for line in text.split("\n"))
 
     # ------------------------------------------------------------------ blitting
 

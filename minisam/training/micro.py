@@ -740,7 +740,9 @@ def training_curve_figure(train_log: Dict, path: str, targets: Optional[Dict] = 
     history = train_log["history"]
     val = [h for h in history if "val_point_iou" in h]
     fig, (ax, lr_ax) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for i, r in enumerate(train_log["runs"]):
+    step_runs = [r for r in train_log["runs"] if not r.get("stage")]   # a stage after the steps has no width
+    stages = [r for r in train_log["runs"] if r.get("stage")]
+    for i, r in enumerate(step_runs):
         ax.axvspan(r["start_step"], r["end_step"], color="0.93" if i % 2 else "0.86", zorder=0)
         ax.text((r["start_step"] + r["end_step"]) / 2, 0.02, f"run {r['run']}\n{r['seconds'] / 60:.0f} min",
                 ha="center", va="bottom", fontsize=9, transform=ax.get_xaxis_transform())
@@ -752,12 +754,15 @@ def training_curve_figure(train_log: Dict, path: str, targets: Optional[Dict] = 
             ax.axhline(targets[key], color=colour, ls=":", lw=1, label=f"{name} (held-out)")
     if train_log.get("single_round_steps", 0) < train_log["steps"]:
         ax.axvline(train_log["single_round_steps"], color="k", lw=1, ls="--")
-        ax.text(train_log["single_round_steps"], 0.98, " 11 rounds from here", va="top", fontsize=9,
+        ax.text(train_log["single_round_steps"], 0.2, " 11 rounds\n from here", va="bottom", fontsize=9,
                 transform=ax.get_xaxis_transform())
     ax.set_ylabel("validation IoU (24 scenes)")
     total = sum(r["seconds"] for r in train_log["runs"]) / 3600
-    ax.set_title(f"micro: validation IoU over {len(train_log['runs'])} runs, {total:.2f} h of training in all")
-    ax.legend(loc="lower right", fontsize=9)
+    after = "".join(f" + the {r['stage'].replace('_', '-').replace('iou', 'IoU')} stage ({r['seconds'] / 60:.0f} min)"
+                    for r in stages)
+    ax.set_title(f"micro: validation IoU over {len(step_runs)} runs{after}, {total:.2f} h of training in all",
+                 fontsize=11)
+    ax.legend(loc="center right", fontsize=9)
     ax.grid(alpha=0.3)
     lr_ax.plot([h["step"] for h in history], [h["lr"] for h in history], lw=1, color="k")
     lr_ax.set_ylabel("learning rate")

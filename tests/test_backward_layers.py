@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from minisam.backward import common as B
@@ -62,18 +62,26 @@ def test_linear(lead, n_in, n_out, bias, dtype, seed):
     _check(pairs, dtype, "linear")
 
 
+def _gelu_by_erfc(x):  # [...] float64 tensor -> [...]
+    """GELU as x Phi(x) with Phi = 0.5 erfc(-x / sqrt 2), in torch, so that autograd differentiates it."""
+    return 0.5 * x * torch.special.erfc(-x / math.sqrt(2))
+
+
 @settings(max_examples=25, deadline=None)
 @given(shape=st.lists(dims, min_size=1, max_size=4), dtype=dtypes, seed=st.integers(0, 2**31))
+@example(shape=[2], dtype=np.float64, seed=76784846)   # x = [0, -7.353]: every nonzero value in the far tail
 def test_relu_gelu_softmax(shape, dtype, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
     x.flat[0] = 0.0  # relu's derivative at 0 is 0 in torch's threshold_backward
     r = rng.standard_normal(shape).astype(dtype)
     for name, fn, fwd, bwd in [("relu", F.relu, B.relu_forward, B.relu_backward),
-                               ("gelu", F.gelu, B.gelu_forward, B.gelu_backward)]:
-        # GELU's witness is torch in float64 on the same values: torch's float32 GELU evaluates
-        # 1 + erf in float32, which cancels in the left tail (test_gelu_float32_left_tail), so on
-        # a tensor of tail values it is off from the function itself by more than the bound.
+                               ("gelu", _gelu_by_erfc, B.gelu_forward, B.gelu_backward)]:
+        # GELU's witness is torch in float64 on the same values, by erfc: torch's F.gelu evaluates
+        # 1 + erf, which cancels in the left tail, in float32 (test_gelu_float32_left_tail) and in
+        # float64 too: at x = -7.353 F.gelu in float64 is off by 5.0e-5 relative (mpmath at 50
+        # digits), erfc by rounding. On a tensor whose nonzero values all lie that far out, the
+        # bound is relative to those tiny values, and F.gelu's own error exceeded it.
         xt = _leaf(x.astype(np.float64)) if name == "gelu" else _leaf(x)
         _grad_of(fn(xt), r)
         y, cache = fwd(x)

@@ -139,6 +139,11 @@ def test_resumed_runs_equal_one_run(tmp_path):
     a = torch.load(whole["checkpoint"], weights_only=True)
     b = torch.load(part["checkpoint"], weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the saved model carries the refit IoU head, and only that differs from the weights of the
+    # last step (last_checkpoint.pth, written at the validation of step 4, before the stage)
+    before = torch.load(tmp_path / "parts" / "last_checkpoint.pth", weights_only=True)
+    changed = {k for k in a if not torch.equal(a[k], before[k])}
+    assert changed and all(k.startswith("mask_decoder.iou_prediction_head.") for k in changed), changed
     log = json.loads((tmp_path / "parts" / "train_log.json").read_text())
     assert len(log["runs"]) == 5 and log["total_seconds"] == sum(r["seconds"] for r in log["runs"])
 

@@ -27,23 +27,23 @@ Prompts: every mask of a training scene (objects, parts and groups, as the main 
 trains) clicked twice, at a uniform random pixel (as in training) and at its most interior
 point (as a user clicks, and as :func:`minisam.training.micro.evaluate` does).
 
-Shape alphabet (docs/shapes.md): P prompts, C prompt dim, K mask tokens (4), G embedding grid,
-R low-res side, S input side, H hidden dim of the head.
+Shape alphabet (docs/shapes.md): P prompts, M masks of a scene, C prompt dim, K mask tokens (4),
+G embedding grid, R low-res side, S input side, B a mini-batch.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
 from minisam.backward.common import upsample_bilinear_forward
 from minisam.backward.mask_decoder import mlp_backward, mlp_forward
+from minisam.modeling.common import mask_iou
 from minisam.modeling.image_encoder import image_encoder
-from minisam.modeling.mask_decoder import mlp, output_upscaling
+from minisam.modeling.mask_decoder import mlp, predict_masks
 from minisam.modeling.prompt_encoder import get_dense_pe, prompt_encoder
-from minisam.modeling.transformer import two_way_transformer
 from minisam.training.interactive import sample_foreground_point
 from minisam.training.optim import adamw_init, adamw_step
 from minisam.training.shapes import interior_point, make_scene
@@ -56,33 +56,24 @@ def iou_token_features(p, cfg, image, masks, points) -> Tuple[np.ndarray, np.nda
     """The IoU token after the transformer, and the IoU of each of the K masks with its target.
 
     ``p``: the model's nested params; ``image`` [S, S, 3] uint8; ``masks`` [P, S, S] bool targets;
-    ``points`` [P, 2] one positive click per target, in input pixels.
+    ``points`` [P, 2] one positive click per target, in input pixels. The masks and the token come
+    from :func:`minisam.modeling.mask_decoder.predict_masks` (``MaskDecoder.predict_masks``),
+    the token from its trace: the transformer's output tokens, of which the first is the IoU token.
     Returns (features [P, C], ious [P, K]), the IoU of the mask logits upsampled to [S, S], > 0.
     """
     from minisam.training.micro_numpy import preprocess
-    size = cfg.img_size
     dtype = p["mask_decoder"]["iou_token"]["weight"].dtype
-    dec = p["mask_decoder"]
     emb = image_encoder(p["image_encoder"], cfg, preprocess(image[None], cfg, dtype))  # [1, C, G, G]
     P = len(masks)
     sparse, dense = prompt_encoder(p["prompt_encoder"], cfg, points=(
         np.asarray(points, np.float32)[:, None], np.ones((P, 1), np.int64)))  # [P, 2, C], [P, C, G, G]
-    tokens = np.concatenate([dec["iou_token"]["weight"], dec["mask_tokens"]["weight"]], 0)  # [1+K, C]
-    tokens = np.concatenate([np.broadcast_to(tokens[None], (P,) + tokens.shape), sparse], 1)  # [P, 1+K+2, C]
-    src = np.repeat(emb, P, 0) + dense  # [P, C, G, G]
-    pos = np.repeat(get_dense_pe(p["prompt_encoder"], cfg), P, 0)  # [P, C, G, G]
-    _, C, G, _ = src.shape
-    hs, src = two_way_transformer(dec["transformer"], cfg, src, pos, tokens)  # [P, 1+K+2, C], [P, GG, C]
-    K = cfg.num_mask_tokens
-    upscaled = output_upscaling(dec["output_upscaling"], src.transpose(0, 2, 1).reshape(P, C, G, G))  # [P, c, R, R]
-    hyper = np.stack([mlp(dec["output_hypernetworks_mlps"][i], hs[:, 1 + i], 3) for i in range(K)], 1)  # [P, K, c]
-    _, c, R, _ = upscaled.shape
-    low = (hyper @ upscaled.reshape(P, c, R * R)).reshape(P, K, R, R)  # [P, K, R, R]
-    pred = upsample_bilinear_forward(low, (size, size))[0] > 0  # [P, K, S, S]
-    target = np.asarray(masks, bool)[:, None]  # [P, 1, S, S]
-    inter = (pred & target).reshape(P, K, -1).sum(-1)  # [P, K]
-    union = np.maximum((pred | target).reshape(P, K, -1).sum(-1), 1)  # [P, K]
-    return hs[:, 0].astype(np.float32), (inter / union).astype(np.float32)
+    trace = {}
+    low, _ = predict_masks(p["mask_decoder"], cfg, emb, get_dense_pe(p["prompt_encoder"], cfg), sparse, dense,
+                           trace)  # [P, K, R, R]
+    tokens, _ = trace["mask_decoder.transformer"]  # [P, 1+K+2, C], [P, GG, C]
+    pred = upsample_bilinear_forward(low, (cfg.img_size, cfg.img_size))[0] > 0  # [P, K, S, S]
+    ious = mask_iou(pred, np.asarray(masks, bool)[:, None])  # [P, K, S, S] vs [P, 1, S, S] -> [P, K]
+    return tokens[:, 0].astype(np.float32), ious.astype(np.float32)  # [P, C], [P, K]
 
 
 def collect_features(p, cfg, rng, n_scenes: int, scene_min_area: int = 0,
@@ -94,7 +85,7 @@ def collect_features(p, cfg, rng, n_scenes: int, scene_min_area: int = 0,
     for _ in tqdm(range(n_scenes), desc="IoU-head features", disable=not progress):
         s = make_scene(rng, cfg.img_size, min_area=scene_min_area)
         masks = np.stack(s.masks)  # [M, S, S]
-        points = np.concatenate([np.stack([sample_foreground_point(m, rng) for m in masks]),
+        points = np.concatenate([np.stack([sample_foreground_point(m, rng) for m in masks]),  # [M, 2]
                                  np.stack([interior_point(m) - 0.5 for m in masks])])  # [2M, 2]
         f, y = iou_token_features(p, cfg, s.image, np.concatenate([masks, masks]), points)
         feats.append(f)
@@ -111,11 +102,11 @@ def iou_head_loss(scores, ious, rank_weight: float, grad: bool = False):
     P, K = scores.shape
     err = scores - ious  # [P, K]
     z = scores[:, 1:] / RANK_TEMPERATURE  # [P, K-1]
-    z = z - z.max(1, keepdims=True)
+    z = z - z.max(1, keepdims=True)  # [P, K-1], shifted for a stable log-softmax
     log_soft = z - np.log(np.exp(z).sum(1, keepdims=True))  # [P, K-1]
     best = ious[:, 1:].argmax(1)  # [P]
     ce = -log_soft[np.arange(P), best]  # [P]
-    loss = float((err ** 2).mean() + rank_weight * ce.mean())
+    loss = float((err ** 2).mean() + rank_weight * ce.mean())  # ()
     if not grad:
         return loss
     dscores = 2 * err / err.size  # [P, K]
@@ -134,10 +125,10 @@ def fit_iou_head(head, depth: int, features, ious, rng, epochs: int, lr: float, 
         order = rng.permutation(len(features))  # [2M]
         last = []
         for i in range(0, len(order), BATCH):
-            idx = order[i:i + BATCH]
+            idx = order[i:i + BATCH]  # [B]
             scores, caches = mlp_forward(head, features[idx], depth)  # [B, K]
             loss, dscores = iou_head_loss(scores, ious[idx], rank_weight, grad=True)
-            _, grads = mlp_backward(dscores, caches)
+            _, grads = mlp_backward(dscores, caches)  # [B, C] (unused), the head's gradients
             adamw_step(head, grads, state, lr, weight_decay=0.0)
             last.append(loss)
     return {"loss": float(np.mean(last)) if last else float("nan")}

@@ -251,18 +251,20 @@ RECIPE_KEYS = ("steps", "seed", "batch_images", "masks_per_image", "lr", "weight
                "iou_head_scenes", "iou_head_epochs", "iou_head_rank_weight", "iou_head_mix")
 
 
-def iou_head_stage(params, cfg, rng, recipe, runs, log, progress) -> None:
+def iou_head_stage(params, cfg, rng, recipe, runs, log, progress) -> bool:
     """The recipe's last stage, once per run (both engines): refit the IoU head of ``params``
-    (nested NumPy params, in place) and append the stage to ``runs`` with its compute time."""
+    (nested NumPy params, in place) and append the stage to ``runs`` with its compute time.
+    Returns whether it ran (not when ``iou_head_scenes`` is 0, nor a second time)."""
     if not recipe.get("iou_head_scenes") or any(r.get("stage") == "iou_head" for r in runs):
-        return
+        return False
     from minisam.training.iou_head import calibrate_iou_head
     info = calibrate_iou_head(params, cfg, rng, recipe["iou_head_scenes"], recipe["iou_head_epochs"],
-                              recipe["iou_head_rank_weight"], recipe.get("iou_head_mix", 1.0), scene_min_area=recipe.get("scene_min_area", 0),
-                              progress=progress, log=log)
+                              recipe["iou_head_rank_weight"], recipe["iou_head_mix"],
+                              scene_min_area=recipe.get("scene_min_area", 0), progress=progress, log=log)
     step = recipe["steps"]
     runs.append({"run": len(runs) + 1, "stage": "iou_head", "start_step": step, "end_step": step,
                  "seconds": info.pop("seconds"), **info})
+    return True
 
 
 def with_new_recipe_keys(stored: Dict, given: Dict) -> Dict:
@@ -427,13 +429,11 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         if stop_now:
             return _stopped(log, step, steps, run, out_dir, history, runs)
     model.eval()
-    if recipe.get("iou_head_scenes") and not any(r.get("stage") == "iou_head" for r in runs):
-        from minisam.checkpoints.param_tree import nest
-        params = nest({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
-        iou_head_stage(params, cfg, rng, recipe, runs, log, progress)
-        for i, layer in enumerate(model.mask_decoder.iou_prediction_head.layers):
-            layer.weight.data = torch.from_numpy(params["mask_decoder"]["iou_prediction_head"]["layers"][i]["weight"])
-            layer.bias.data = torch.from_numpy(params["mask_decoder"]["iou_prediction_head"]["layers"][i]["bias"])
+    from minisam.checkpoints.param_tree import flatten, nest
+    params = nest({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+    if iou_head_stage(params, cfg, rng, recipe, runs, log, progress):
+        head = flatten(params["mask_decoder"]["iou_prediction_head"])   # "layers.0.weight", ...
+        model.mask_decoder.iou_prediction_head.load_state_dict({k: torch.from_numpy(v) for k, v in head.items()})
     path = os.path.join(out_dir, "microsam_shapes.pth")
     torch.save(model.state_dict(), path)
     _save_state(out_dir, model, opt, steps, rng, recipe, cfg, history, runs)

@@ -57,8 +57,8 @@ from minisam.config import MICRO, expected_shapes
 from minisam.errors import MinisamError
 from minisam.training.decoder_training import interactive_rounds
 from minisam.training.interactive import mask_box
-from minisam.training.micro import (VAL_SEED, _lr, _save_or_stop, _stopped, _validation_line, draw_batch,
-                                    iou_head_stage, with_new_recipe_keys)
+from minisam.training.micro import (SHIPPED_RECIPE, VAL_SEED, _lr, _save_or_stop, _stopped, _validation_line,
+                                    draw_batch, iou_head_stage, with_new_recipe_keys)
 from minisam.training.optim import adamw_init, adamw_step, clip_grad_norm
 from minisam.training.shapes import interior_point, make_scene
 
@@ -258,9 +258,11 @@ def _check_weights(flat, cfg, source: str, dtype) -> Dict[str, np.ndarray]:
 
 def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_image: int, lr: float,
           weight_decay: float, warmup: Optional[int], val_every: int, graded_rounds: int, clip_grad: Optional[float],
-          single_round_steps: int, iou_outputs: str, scene_min_area: int, iou_head_scenes: int = 0,
-          iou_head_epochs: int = 0, iou_head_rank_weight: float = 0.0, iou_head_mix: float = 1.0, config=None,
-          on_step=None,
+          single_round_steps: int, iou_outputs: str, scene_min_area: int,
+          iou_head_scenes: int = SHIPPED_RECIPE["iou_head_scenes"],
+          iou_head_epochs: int = SHIPPED_RECIPE["iou_head_epochs"],
+          iou_head_rank_weight: float = SHIPPED_RECIPE["iou_head_rank_weight"],
+          iou_head_mix: float = SHIPPED_RECIPE["iou_head_mix"], config=None, on_step=None,
           threads: Optional[int] = None, progress: bool = True, log=print, resume: bool = False,
           max_minutes: Optional[float] = None, save_every: int = 200, dtype="float32", init=None) -> Dict:
     """:func:`minisam.training.micro.train` with ``engine="numpy"``: the same arguments, files and

@@ -148,6 +148,47 @@ def test_resumed_runs_equal_one_run(tmp_path):
     assert len(log["runs"]) == 5 and log["total_seconds"] == sum(r["seconds"] for r in log["runs"])
 
 
+def test_second_schedule_extends_a_finished_run_as_one_run(tmp_path):
+    """A finished run saved before the second schedule existed (its recipe without the
+    ``extra_round_*`` keys) resumed with ``extra_round_steps`` ends bit for bit where one run with
+    that recipe from the start does, with the same learning rates: the first schedule's cosine,
+    then the second's warm-up and cosine. A run whose IoU head was already refit is refused."""
+    from minisam.errors import MinisamError
+    from minisam.training.micro import STATE_NAME, recipe_lr, train
+    cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
+    kw = dict(steps=3, single_round_steps=2, batch_images=1, masks_per_image=2, val_every=10, threads=1,
+              progress=False, config=cfg, log=lambda *a: None, warmup=2, extra_round_lr=4e-4)
+    whole = train(out_dir=str(tmp_path / "whole"), extra_round_steps=4, **kw)
+    first = train(out_dir=str(tmp_path / "parts"), extra_round_steps=0, **kw)
+    state_path = tmp_path / "parts" / STATE_NAME
+    state = torch.load(state_path, weights_only=False)
+    for key in ("extra_round_steps", "extra_round_lr"):   # as saved before these keys existed
+        del state["recipe"][key]
+    torch.save(state, state_path)
+    more = train(out_dir=str(tmp_path / "parts"), resume=True, extra_round_steps=4,
+                 **{k: v for k, v in kw.items() if k != "steps"})
+    assert len(first["history"]) == 3 and len(more["history"]) == 7
+    assert [h["loss"] for h in more["history"]] == [h["loss"] for h in whole["history"]]
+    lrs = [h["lr"] for h in whole["history"]]
+    assert [h["lr"] for h in more["history"]] == lrs
+    assert lrs == [recipe_lr(i, whole["recipe"]) for i in range(7)]
+    # the first schedule (warm-up 2, cosine over 1 step), then the second: warm-up 2 of its 4 steps, cosine
+    assert lrs == pytest.approx([4e-4, 8e-4, 8e-4, 2e-4, 4e-4, 4e-4, 4e-4 * (0.05 + 0.95 * 0.5)])
+    assert [h["rounds"] for h in whole["history"]] == [1, 1, 11, 11, 11, 11, 11]
+    a = torch.load(whole["checkpoint"], weights_only=True)
+    b = torch.load(more["checkpoint"], weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a run that has had its IoU-head stage cannot take more steps
+    state = torch.load(state_path, weights_only=False)
+    state["recipe"].pop("extra_round_steps")
+    state["runs"].append({"run": len(state["runs"]) + 1, "stage": "iou_head", "start_step": 7, "end_step": 7,
+                          "seconds": 0.0})
+    torch.save(state, state_path)
+    with pytest.raises(MinisamError, match="IoU head was refit after step 7"):
+        train(out_dir=str(tmp_path / "parts"), resume=True, extra_round_steps=9,
+              **{k: v for k, v in kw.items() if k != "steps"})
+
+
 def test_train_micro_cli_resume(tmp_path):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "minisam", "train-micro", "--single-round-steps", "1", "--batch-images", "1",

@@ -158,11 +158,14 @@ def _full_recipe(kw):
 
 
 def test_numpy_engine_matches_torch_engine_short(tmp_path, monkeypatch):
-    """3 steps in float64: two of the first phase (a point and a box per target), one of the 11 rounds."""
-    rel, ref, ours, weight_rel = run_both(tmp_path, monkeypatch, "float64", SMALL, grad_steps=3, steps=3,
-                                          single_round_steps=2,
+    """3 steps in float64: two of the first phase (a point and a box per target), then one of the
+    11 rounds, on the second schedule (``extra_round_steps``)."""
+    rel, ref, ours, weight_rel = run_both(tmp_path, monkeypatch, "float64", SMALL, grad_steps=3, steps=2,
+                                          single_round_steps=2, extra_round_steps=1, extra_round_lr=3e-4,
                                           batch_images=2, masks_per_image=3, warmup=2, val_every=3)
     assert [h["rounds"] for h in ours["history"]] == [1, 1, 11] == [h["rounds"] for h in ref["history"]]
+    assert [h["lr"] for h in ours["history"]] == [h["lr"] for h in ref["history"]]
+    assert ours["history"][-1]["lr"] == 3e-4   # the second schedule's one step: its warm-up's end
     assert rel.max() <= 1e-4, rel
     assert max(weight_rel.values()) <= 1e-9, sorted(weight_rel.items(), key=lambda kv: -kv[1])[:3]
     for key in ("val_point_iou", "val_box_iou"):

@@ -38,6 +38,12 @@ def add_parser(sub):
     p.add_argument("--scene-min-area", type=int, default=R["scene_min_area"],
                    help="the scene domain: every part, object and group mask has at least this many visible "
                         f"pixels (minisam.training.shapes.make_scene's min_area; default {R['scene_min_area']})")
+    p.add_argument("--extra-round-steps", type=int, default=R["extra_round_steps"],
+                   help="a second schedule after --steps: N more 11-round steps, warm-up and cosine to "
+                        f"--extra-round-lr (0 skips it; default {R['extra_round_steps']}); with --resume it extends "
+                        "a finished run saved without it")
+    p.add_argument("--extra-round-lr", type=float, default=R["extra_round_lr"],
+                   help=f"the second schedule's peak learning rate (default {R['extra_round_lr']})")
     p.add_argument("--iou-head-scenes", type=int, default=R["iou_head_scenes"],
                    help="the last stage: refit the IoU head alone on frozen features of N training scenes "
                         f"(minisam.training.iou_head; 0 skips it; default {R['iou_head_scenes']})")
@@ -67,6 +73,10 @@ def run(args) -> int:
         raise MinisamError("--save-every must be at least 1")
     if args.steps < 1:
         raise MinisamError("--steps must be at least 1")
+    if args.extra_round_steps < 0:
+        raise MinisamError("--extra-round-steps must be >= 0")
+    if not args.extra_round_lr > 0:
+        raise MinisamError("--extra-round-lr must be > 0")
     if args.iou_head_scenes < 0:
         raise MinisamError("--iou-head-scenes must be >= 0")
     if args.single_round_steps < 0:
@@ -93,6 +103,7 @@ def run(args) -> int:
                    masks_per_image=args.masks_per_image, lr=args.lr, warmup=args.warmup,
                    val_every=args.val_every, threads=args.threads, single_round_steps=args.single_round_steps,
                    iou_outputs=args.iou_outputs, scene_min_area=args.scene_min_area,
+                   extra_round_steps=args.extra_round_steps, extra_round_lr=args.extra_round_lr,
                    iou_head_scenes=args.iou_head_scenes, progress=not args.no_progress, resume=bool(args.resume),
                    max_minutes=args.max_minutes, save_every=args.save_every, engine=engine)
     if not result["finished"]:

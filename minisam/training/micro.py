@@ -45,13 +45,17 @@ from minisam.training.interactive import (MASK_ONLY, mask_box, next_click, noisy
 # ``minisam train-micro``. ``single_round_steps``: a curriculum, the first steps supervise the
 # initial prompt only (a point and a box for every target); the rest run all 11 rounds.
 # ``warmup=None``: min(300, steps // 10) linear warm-up steps (300 for the shipped 8000).
+# ``extra_round_*``: a second schedule after the first ``steps``: ``extra_round_steps`` more
+# 11-round steps with the same AdamW moments, warm-up over EXTRA_WARMUP steps to ``extra_round_lr``
+# then the same cosine (:func:`recipe_lr`); 0 steps, as for the shipped model, skips it.
 # ``iou_head_*``: a last stage that refits the IoU head alone on frozen features of
 # ``iou_head_scenes`` training scenes (:mod:`minisam.training.iou_head`); 0 scenes, as for the
 # shipped model, skips it.
 SHIPPED_RECIPE = dict(steps=8000, single_round_steps=7500, batch_images=4, masks_per_image=8, lr=8e-4,
                       weight_decay=0.05, warmup=None, graded_rounds=4, clip_grad=1.0, iou_outputs="all",
-                      val_every=500, scene_min_area=0, iou_head_scenes=0, iou_head_epochs=30,
-                      iou_head_rank_weight=0.1, iou_head_mix=0.3)
+                      val_every=500, scene_min_area=0, extra_round_steps=0, extra_round_lr=1.5e-4,
+                      iou_head_scenes=0, iou_head_epochs=30, iou_head_rank_weight=0.1, iou_head_mix=0.3)
+EXTRA_WARMUP = 50   # warm-up steps of the second schedule (at most half of it)
 
 # Scene seeds: training draws from TRAIN_SEED's stream; validation and the held-out evaluation
 # use seeds that training never touches.
@@ -219,6 +223,30 @@ def _lr(step, steps, peak, warmup):
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def total_steps(recipe: Dict) -> int:
+    """Every optimizer step of ``recipe``: the first schedule's and the second's."""
+    return recipe["steps"] + recipe.get("extra_round_steps", 0)
+
+
+def recipe_lr(step: int, recipe: Dict) -> float:
+    """The learning rate of step ``step`` (from 0): linear warm-up and cosine down to 5% over the
+    first ``steps``, then the same shape over the ``extra_round_steps`` of the second schedule."""
+    if step < recipe["steps"]:
+        return _lr(step, recipe["steps"], recipe["lr"], recipe["warmup"])
+    extra = recipe["extra_round_steps"]
+    return _lr(step - recipe["steps"], extra, recipe["extra_round_lr"], max(1, min(EXTRA_WARMUP, extra // 2)))
+
+
+def check_more_steps(runs: List[Dict], first_step: int, recipe: Dict, path: str) -> None:
+    """Refuse to resume into more steps a run whose IoU head was already refit (the stage after
+    the last step): the steps would train the refit head away, and the stage does not run twice."""
+    done = [r for r in runs if r.get("stage") == "iou_head"]
+    if done and first_step < total_steps(recipe):
+        from minisam.errors import MinisamError
+        raise MinisamError(f"{path}: this run's IoU head was refit after step {done[0]['end_step']}; it cannot "
+                           f"continue to step {total_steps(recipe)} (resume a state saved before the stage)")
+
+
 def _val_torch(model, scenes, size):
     """Quick validation with the torch model: best-of-3 IoU for an interior point, box IoU."""
     import torch
@@ -248,6 +276,7 @@ def _val_torch(model, scenes, size):
 STATE_NAME = "train_state.pth"   # the resumable state of a run, in out_dir
 RECIPE_KEYS = ("steps", "seed", "batch_images", "masks_per_image", "lr", "weight_decay", "warmup", "val_every",
                "graded_rounds", "clip_grad", "single_round_steps", "iou_outputs", "scene_min_area",
+               "extra_round_steps", "extra_round_lr",
                "iou_head_scenes", "iou_head_epochs", "iou_head_rank_weight", "iou_head_mix")
 
 
@@ -261,7 +290,7 @@ def iou_head_stage(params, cfg, rng, recipe, runs, log, progress) -> bool:
     info = calibrate_iou_head(params, cfg, rng, recipe["iou_head_scenes"], recipe["iou_head_epochs"],
                               recipe["iou_head_rank_weight"], recipe["iou_head_mix"],
                               scene_min_area=recipe.get("scene_min_area", 0), progress=progress, log=log)
-    step = recipe["steps"]
+    step = total_steps(recipe)
     runs.append({"run": len(runs) + 1, "stage": "iou_head", "start_step": step, "end_step": step,
                  "seconds": info.pop("seconds"), **info})
     return True
@@ -269,8 +298,8 @@ def iou_head_stage(params, cfg, rng, recipe, runs, log, progress) -> bool:
 
 def with_new_recipe_keys(stored: Dict, given: Dict) -> Dict:
     """A saved recipe, completed with the recipe keys added after it was saved (taken from
-    ``given``, the arguments of the resuming call): a run saved before the IoU-head stage existed
-    resumes into it."""
+    ``given``, the arguments of the resuming call): a run saved before the IoU-head stage or the
+    second schedule existed resumes into them."""
     return {**{k: given[k] for k in RECIPE_KEYS if k not in stored and k in given}, **stored}
 
 
@@ -306,6 +335,8 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
           single_round_steps: int = SHIPPED_RECIPE["single_round_steps"],
           iou_outputs: str = SHIPPED_RECIPE["iou_outputs"],
           scene_min_area: int = SHIPPED_RECIPE["scene_min_area"],
+          extra_round_steps: int = SHIPPED_RECIPE["extra_round_steps"],
+          extra_round_lr: float = SHIPPED_RECIPE["extra_round_lr"],
           iou_head_scenes: int = SHIPPED_RECIPE["iou_head_scenes"],
           iou_head_epochs: int = SHIPPED_RECIPE["iou_head_epochs"],
           iou_head_rank_weight: float = SHIPPED_RECIPE["iou_head_rank_weight"],
@@ -322,6 +353,9 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     target both a point and a box: two decoder passes on one encoder pass (2.3x the supervised
     prompts for 1.5x the time of one prompt, measured with 2 threads and 4 images). The rest
     run the full 11-round simulation from a point or a box. ``iou_outputs`` is passed to :func:`sam_loss_torch`.
+    ``extra_round_steps`` more 11-round steps follow on a second warm-up and cosine schedule
+    (:func:`recipe_lr`), so that a finished run's state can be resumed into more interactive
+    training (its stored recipe completed by :func:`with_new_recipe_keys`).
     After the last step, :func:`iou_head_stage` refits the IoU head alone (``iou_head_*``), in
     NumPy for both engines.
 
@@ -337,6 +371,7 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         from minisam.training.micro_numpy import train as train_numpy
         return train_numpy(steps, out_dir, seed, batch_images, masks_per_image, lr, weight_decay, warmup, val_every,
                            graded_rounds, clip_grad, single_round_steps, iou_outputs, scene_min_area,
+                           extra_round_steps=extra_round_steps, extra_round_lr=extra_round_lr,
                            iou_head_scenes=iou_head_scenes, iou_head_epochs=iou_head_epochs,
                            iou_head_rank_weight=iou_head_rank_weight, iou_head_mix=iou_head_mix, config=config,
                            on_step=on_step, threads=threads, progress=progress, log=log, resume=resume,
@@ -353,7 +388,8 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
     state = _load_state(out_dir) if resume else None
-    stage_args = dict(iou_head_scenes=iou_head_scenes, iou_head_epochs=iou_head_epochs,
+    stage_args = dict(extra_round_steps=extra_round_steps, extra_round_lr=extra_round_lr,
+                      iou_head_scenes=iou_head_scenes, iou_head_epochs=iou_head_epochs,
                       iou_head_rank_weight=iou_head_rank_weight, iou_head_mix=iou_head_mix)
     if state is not None:
         recipe = with_new_recipe_keys(dict(state["recipe"]), stage_args)
@@ -365,7 +401,7 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
                       clip_grad=clip_grad, single_round_steps=single_round_steps, iou_outputs=iou_outputs,
                       scene_min_area=scene_min_area, **stage_args,
                       warmup=warmup if warmup is not None else max(1, min(300, steps // 10)))
-    steps, seed, warmup = recipe["steps"], recipe["seed"], recipe["warmup"]
+    steps, seed = total_steps(recipe), recipe["seed"]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     size = cfg.img_size
@@ -381,6 +417,7 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         history, runs, first_step = list(state["history"]), list(state["runs"]), int(state["step"])
+        check_more_steps(runs, first_step, recipe, os.path.join(out_dir, STATE_NAME))
     model.train()
     min_area = recipe.get("scene_min_area", 0)    # the scene domain (make_scene's min_area)
     val_scenes = [make_scene(np.random.default_rng(VAL_SEED + i), size, min_area=min_area) for i in range(24)]
@@ -393,7 +430,7 @@ def train(steps: int = SHIPPED_RECIPE["steps"], out_dir: str = "train-micro", se
     bar = tqdm(range(first_step, steps), desc="train-micro", disable=not progress, initial=first_step, total=steps)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, recipe["lr"], warmup)
+            g["lr"] = recipe_lr(step, recipe)
         scenes, owner, targets, first = draw_batch(rng, size, recipe)  # [M], [M, H, W]
         images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()  # [B, 3, H, W]
         embeddings = model.image_encoder(model.preprocess(images))      # [B, C, G, G]
@@ -755,6 +792,10 @@ def training_curve_figure(train_log: Dict, path: str, targets: Optional[Dict] = 
     if train_log.get("single_round_steps", 0) < train_log["steps"]:
         ax.axvline(train_log["single_round_steps"], color="k", lw=1, ls="--")
         ax.text(train_log["single_round_steps"], 0.2, " 11 rounds\n from here", va="bottom", fontsize=9,
+                transform=ax.get_xaxis_transform())
+    if train_log.get("extra_round_steps"):
+        ax.axvline(train_log["steps"], color="k", lw=1, ls="-.")
+        ax.text(train_log["steps"], 0.42, " second\n schedule", va="bottom", fontsize=9,
                 transform=ax.get_xaxis_transform())
     ax.set_ylabel("validation IoU (24 scenes)")
     total = sum(r["seconds"] for r in train_log["runs"]) / 3600

@@ -16,7 +16,7 @@ engine's ``_interactive_rounds``): a point and a box for the first ``single_roun
 the 11-round simulation after them. The gradient of the loss with respect to each target's
 image embedding is summed per image (the torch engine indexes the embeddings by their owner
 image) and sent through the image encoder's backward. Then global-norm clipping, AdamW
-(betas 0.9, 0.999) at :func:`minisam.training.micro._lr`'s warm-up and cosine schedule.
+(betas 0.9, 0.999) at :func:`minisam.training.micro.recipe_lr`'s warm-up and cosine schedules.
 
 What differs from the torch engine, and why:
 - the initial weights: without torch, :func:`official_init` draws them from the same
@@ -57,8 +57,9 @@ from minisam.config import MICRO, expected_shapes
 from minisam.errors import MinisamError
 from minisam.training.decoder_training import interactive_rounds
 from minisam.training.interactive import mask_box
-from minisam.training.micro import (SHIPPED_RECIPE, VAL_SEED, _lr, _save_or_stop, _stopped, _validation_line,
-                                    draw_batch, iou_head_stage, with_new_recipe_keys)
+from minisam.training.micro import (SHIPPED_RECIPE, VAL_SEED, _save_or_stop, _stopped, _validation_line,
+                                    check_more_steps, draw_batch, iou_head_stage, recipe_lr, total_steps,
+                                    with_new_recipe_keys)
 from minisam.training.optim import adamw_init, adamw_step, clip_grad_norm
 from minisam.training.shapes import interior_point, make_scene
 
@@ -259,6 +260,8 @@ def _check_weights(flat, cfg, source: str, dtype) -> Dict[str, np.ndarray]:
 def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_image: int, lr: float,
           weight_decay: float, warmup: Optional[int], val_every: int, graded_rounds: int, clip_grad: Optional[float],
           single_round_steps: int, iou_outputs: str, scene_min_area: int,
+          extra_round_steps: int = SHIPPED_RECIPE["extra_round_steps"],
+          extra_round_lr: float = SHIPPED_RECIPE["extra_round_lr"],
           iou_head_scenes: int = SHIPPED_RECIPE["iou_head_scenes"],
           iou_head_epochs: int = SHIPPED_RECIPE["iou_head_epochs"],
           iou_head_rank_weight: float = SHIPPED_RECIPE["iou_head_rank_weight"],
@@ -276,7 +279,8 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
     if threads:
         set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
-    stage_args = dict(iou_head_scenes=iou_head_scenes, iou_head_epochs=iou_head_epochs,
+    stage_args = dict(extra_round_steps=extra_round_steps, extra_round_lr=extra_round_lr,
+                      iou_head_scenes=iou_head_scenes, iou_head_epochs=iou_head_epochs,
                       iou_head_rank_weight=iou_head_rank_weight, iou_head_mix=iou_head_mix)
     if resume:
         meta, flat, opt_state = load_state(out_dir)
@@ -284,6 +288,7 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
                               np.dtype(meta["dtype"]))
         flat = _check_weights(flat, cfg, os.path.join(out_dir, STATE_NAME), dtype)
         history, runs, first_step = list(meta["history"]), list(meta["runs"]), int(meta["step"])
+        check_more_steps(runs, first_step, recipe, os.path.join(out_dir, STATE_NAME))
     else:
         cfg = config or MICRO
         dtype = np.dtype(dtype)
@@ -308,7 +313,7 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
     params = nest(flat)
     if opt_state is None:
         opt_state = adamw_init(_trained(params))
-    steps, warmup = recipe["steps"], recipe["warmup"]
+    steps = total_steps(recipe)
     rng = np.random.default_rng(recipe["seed"])
     if resume:
         rng.bit_generator.state = meta["numpy_rng"]
@@ -328,7 +333,7 @@ def train(steps: int, out_dir: str, seed: int, batch_images: int, masks_per_imag
     bar = tqdm(range(first_step, steps), desc="train-micro numpy", disable=not progress, initial=first_step,
                total=steps)
     for step in bar:
-        lr_now = _lr(step, steps, recipe["lr"], warmup)
+        lr_now = recipe_lr(step, recipe)
         out = train_step(params, opt_state, cfg, rng, recipe, step, lr_now)
         run["end_step"], run["seconds"] = step + 1, time.time() - t0
         rec = {"step": step + 1, "rounds": out["rounds"], "loss": out["loss"], "lr": lr_now,

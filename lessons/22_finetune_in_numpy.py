@@ -33,7 +33,8 @@
 #    after one click (a random pixel of the object, the mask with the highest predicted IoU),
 #    4 clicks per object on 32 held-out scenes, the same clicks before and after; a change counts
 #    when it exceeds twice the standard error (SE) of the per-object differences. The first click
-#    on close-ups gains; the checks say the usual size and the 11th round do not get worse.
+#    on close-ups gains; the checks say the usual size does not get worse, and measure what the
+#    11th round, already high before, gives up: a little, at most a tenth of that gain.
 #
 # Run:  python lessons/22_finetune_in_numpy.py --out out/22
 
@@ -376,7 +377,8 @@ if args.checkpoint is None and args.model == "micro":
     _lesson.claim(gain > 2 * gain_se, f"fine-tuning on close-ups raises the held-out close-up IoU after one click by "
                   f"{gain:+.3f} ({before.mean():.3f} -> {after.mean():.3f}), more than twice its standard error "
                   f"{gain_se:.3f}")
-    _lesson.claim(last_change > -2 * last_se, f"after 11 rounds, where micro was at {rounds_before[:, -1].mean():.3f} "
-                  f"on the close-ups, it does not get worse: {last_change:+.3f}, standard error {last_se:.3f}")
+    _lesson.claim(abs(last_change) <= 0.1 * gain, f"after 11 rounds, where micro was at {rounds_before[:, -1].mean():.3f} "
+                  f"on the close-ups, it changes by {last_change:+.3f} (standard error {last_se:.3f}), at most a tenth "
+                  f"of the first click's gain {gain:+.3f}")
     _lesson.claim(usual_change > -2 * usual_se, f"at the usual size, trained on close-ups only, it does not get "
                   f"worse either: {usual_change:+.3f} after one click, standard error {usual_se:.3f}")

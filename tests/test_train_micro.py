@@ -65,7 +65,7 @@ def test_train_micro_cli_few_steps(tmp_path):
     # step 1 supervises the first prompt only, step 2 runs the 11 interactive rounds
     res = subprocess.run([sys.executable, "-m", "minisam", "train-micro", "--steps", "2", "--out", str(out),
                           "--single-round-steps", "1", "--batch-images", "1", "--masks-per-image", "2", "--val-every", "2",
-                          "--iou-head-scenes", "2", "--threads", "1", "--no-progress"], capture_output=True, text=True,
+                          "--iou-head-scenes", "2", "--extra-round-steps", "0", "--threads", "1", "--no-progress"], capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr
     log = json.loads((out / "train_log.json").read_text())
@@ -125,7 +125,7 @@ def test_resumed_runs_equal_one_run(tmp_path):
     from minisam.training.micro import train
     cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
     kw = dict(steps=4, single_round_steps=2, batch_images=1, masks_per_image=2, val_every=4, threads=1,
-              progress=False, config=cfg, log=lambda *a: None, warmup=2, iou_head_scenes=2)
+              progress=False, config=cfg, log=lambda *a: None, warmup=2, iou_head_scenes=2, extra_round_steps=0)
     whole = train(out_dir=str(tmp_path / "whole"), **kw)
     part = train(out_dir=str(tmp_path / "parts"), max_minutes=0, save_every=1, **kw)
     assert not part["finished"] and len(part["history"]) == 1
@@ -157,7 +157,7 @@ def test_second_schedule_extends_a_finished_run_as_one_run(tmp_path):
     from minisam.training.micro import STATE_NAME, recipe_lr, train
     cfg = MICRO_CONFIG.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
     kw = dict(steps=3, single_round_steps=2, batch_images=1, masks_per_image=2, val_every=10, threads=1,
-              progress=False, config=cfg, log=lambda *a: None, warmup=2, extra_round_lr=4e-4)
+              progress=False, config=cfg, log=lambda *a: None, warmup=2, extra_round_lr=4e-4, iou_head_scenes=0)
     whole = train(out_dir=str(tmp_path / "whole"), extra_round_steps=4, **kw)
     first = train(out_dir=str(tmp_path / "parts"), extra_round_steps=0, **kw)
     state_path = tmp_path / "parts" / STATE_NAME
@@ -192,7 +192,7 @@ def test_second_schedule_extends_a_finished_run_as_one_run(tmp_path):
 def test_train_micro_cli_resume(tmp_path):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "minisam", "train-micro", "--single-round-steps", "1", "--batch-images", "1",
-            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress", "--iou-head-scenes", "1"]
+            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress", "--iou-head-scenes", "1", "--extra-round-steps", "0"]
     res = subprocess.run(base + ["--steps", "2", "--out", str(out), "--max-minutes", "0", "--save-every", "1"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr

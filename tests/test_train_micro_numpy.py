@@ -91,8 +91,9 @@ def _float64_builder(monkeypatch):
 def run_both(tmp_path, monkeypatch, dtype, cfg, grad_steps=0, **recipe):
     """Both engines from the torch engine's init; with ``grad_steps``, also each side's gradients
     (after clipping) of the first ``grad_steps`` steps, {step: {name: array}}."""
-    # iou_head_scenes=0 unless given: these compare the main schedule (the stage has its own tests)
-    kw = dict(seed=0, threads=1, progress=False, log=lambda *a: None, config=cfg, **{"iou_head_scenes": 0, **recipe})
+    # no stage and no second schedule unless given: these compare the main schedule
+    kw = dict(seed=0, threads=1, progress=False, log=lambda *a: None, config=cfg,
+              **{"iou_head_scenes": 0, "extra_round_steps": 0, **recipe})
     init = _torch_init(cfg, kw["seed"])
     ref_grads, our_grads = {}, {}
 
@@ -213,7 +214,8 @@ def test_numpy_resumed_runs_equal_one_run(tmp_path):
     where one uninterrupted run does (weights, AdamW moments, schedule, the generator)."""
     cfg = SMALL.replace(encoder_depth=1, encoder_global_attn_indexes=(0,))
     kw = dict(steps=3, single_round_steps=2, batch_images=1, masks_per_image=2, val_every=3, threads=1,
-              progress=False, config=cfg, log=lambda *a: None, warmup=2, engine="numpy", iou_head_scenes=2)
+              progress=False, config=cfg, log=lambda *a: None, warmup=2, engine="numpy", iou_head_scenes=2,
+              extra_round_steps=0)
     whole = train(out_dir=str(tmp_path / "whole"), **kw)
     part = train(out_dir=str(tmp_path / "parts"), max_minutes=0, save_every=1, **kw)
     assert not part["finished"] and len(part["history"]) == 1
@@ -267,7 +269,7 @@ def test_cli_numpy_engine_without_torch(tmp_path):
     from the folder's state), and the torch engine refuses to resume it."""
     out = tmp_path / "run"
     base = [sys.executable, "-c", _NO_TORCH, "train-micro", "--single-round-steps", "1", "--batch-images", "1",
-            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress", "--iou-head-scenes", "1"]
+            "--masks-per-image", "2", "--val-every", "2", "--threads", "1", "--no-progress", "--iou-head-scenes", "1", "--extra-round-steps", "0"]
     res = subprocess.run(base + ["--engine", "numpy", "--steps", "2", "--out", str(out), "--max-minutes", "0",
                                  "--save-every", "1"], capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr

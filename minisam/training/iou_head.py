@@ -21,7 +21,8 @@ The refit head is then mixed with the jointly trained one, weight by weight:
 model and its start: Wortsman et al. 2022, "Robust fine-tuning of zero-shot models"). The mix is a
 trade-off measured on validation scenes: the fully refit head picks the best mask most often,
 but it changes which mask round 1 of the interactive loop passes on, and the decoder was trained
-to refine the masks the joint head passed on (weights/training/v9/README.md gives both sides).
+to refine the masks the joint head passed on (weights/training/v9/README.md gives both sides;
+weights/README.md the mix chosen).
 
 Prompts: every mask of a training scene (objects, parts and groups, as the main schedule
 trains) clicked twice, at a uniform random pixel (as in training) and at its most interior

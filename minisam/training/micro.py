@@ -12,11 +12,13 @@ paper's recipe (Kirillov et al. 2023, section 3 "Losses and training", appendix 
   equal to :func:`minisam.training.losses.sam_loss`, tested);
 - the 11-round interactive simulation of :mod:`minisam.training.interactive`: a point or a noisy box,
   then points sampled from the error region with the previous logits fed back as the mask
-  prompt, and mask-only rounds (in the shipped recipe the last 500 of 8000 steps; the others
-  supervise the first prompt only, a point and a box for every target);
-- AdamW with linear warm-up and cosine decay;
-- optionally, a last stage that refits the IoU head alone on frozen features
-  (:mod:`minisam.training.iou_head`; ``iou_head_scenes``, off in the shipped recipe).
+  prompt, and mask-only rounds (in the shipped recipe the last 3000 of the first 25000 steps and
+  all 4300 steps of the second schedule; the first 22000 supervise the first prompt only, a point
+  and a box for every target);
+- AdamW with linear warm-up and cosine decay, then a second schedule of 11-round steps with its
+  own warm-up and cosine (``extra_round_steps``);
+- a last stage that refits the IoU head alone on frozen features and mixes it with the jointly
+  trained head (:mod:`minisam.training.iou_head`; ``iou_head_scenes``, ``iou_head_mix``).
 
 The shipped model's recipe is :data:`SHIPPED_RECIPE`: ``train(out_dir=...)`` with no other
 argument and ``minisam train-micro --out DIR`` both run it.
@@ -44,17 +46,17 @@ from minisam.training.interactive import (MASK_ONLY, mask_box, next_click, noisy
 # The recipe of the shipped weights/microsam_shapes.pth: the defaults of train() and of
 # ``minisam train-micro``. ``single_round_steps``: a curriculum, the first steps supervise the
 # initial prompt only (a point and a box for every target); the rest run all 11 rounds.
-# ``warmup=None``: min(300, steps // 10) linear warm-up steps (300 for the shipped 8000).
+# ``warmup=None``: min(300, steps // 10) linear warm-up steps (300 for the shipped 25000).
 # ``extra_round_*``: a second schedule after the first ``steps``: ``extra_round_steps`` more
 # 11-round steps with the same AdamW moments, warm-up over EXTRA_WARMUP steps to ``extra_round_lr``
-# then the same cosine (:func:`recipe_lr`); 0 steps, as for the shipped model, skips it.
+# then the same cosine (:func:`recipe_lr`); 0 steps skips it.
 # ``iou_head_*``: a last stage that refits the IoU head alone on frozen features of
-# ``iou_head_scenes`` training scenes (:mod:`minisam.training.iou_head`); 0 scenes, as for the
-# shipped model, skips it.
-SHIPPED_RECIPE = dict(steps=8000, single_round_steps=7500, batch_images=4, masks_per_image=8, lr=8e-4,
+# ``iou_head_scenes`` training scenes (:mod:`minisam.training.iou_head`), mixed ``iou_head_mix`` :
+# 1 - ``iou_head_mix`` with the jointly trained head; 0 scenes skips it.
+SHIPPED_RECIPE = dict(steps=25000, single_round_steps=22000, batch_images=4, masks_per_image=8, lr=8e-4,
                       weight_decay=0.05, warmup=None, graded_rounds=4, clip_grad=1.0, iou_outputs="all",
-                      val_every=500, scene_min_area=0, extra_round_steps=0, extra_round_lr=1.5e-4,
-                      iou_head_scenes=0, iou_head_epochs=30, iou_head_rank_weight=0.1, iou_head_mix=0.3)
+                      val_every=500, scene_min_area=100, extra_round_steps=4300, extra_round_lr=1.5e-4,
+                      iou_head_scenes=3000, iou_head_epochs=30, iou_head_rank_weight=0.1, iou_head_mix=0.15)
 EXTRA_WARMUP = 50   # warm-up steps of the second schedule (at most half of it)
 
 # Scene seeds: training draws from TRAIN_SEED's stream; validation and the held-out evaluation
@@ -803,7 +805,7 @@ def training_curve_figure(train_log: Dict, path: str, targets: Optional[Dict] = 
                     for r in stages)
     ax.set_title(f"micro: validation IoU over {len(step_runs)} runs{after}, {total:.2f} h of training in all",
                  fontsize=11)
-    ax.legend(loc="center right", fontsize=9)
+    ax.legend(loc="center", fontsize=9)
     ax.grid(alpha=0.3)
     lr_ax.plot([h["step"] for h in history], [h["lr"] for h in history], lw=1, color="k")
     lr_ax.set_ylabel("learning rate")

@@ -14,11 +14,6 @@ import time
 
 from minisam.cli.model_args import add_model_args
 
-# An object counts as found when a returned mask matches it at this IoU (the model card's
-# automatic-mask recall uses the same).
-FOUND_IOU = 0.75
-
-
 def add_parser(sub):
     p = sub.add_parser("demo", help="run the offline demo (synthetic scene: point, box, automatic masks)",
                        description="Segment a synthetic scene with a point, a box and the automatic mask "
@@ -35,7 +30,7 @@ def run(args) -> int:
 
     from minisam.build_sam import DEFAULT_MODEL
     from minisam.cli.model_args import load_model
-    from minisam.training.micro import SHIPPED_RECIPE
+    from minisam.training.micro import MATCH_IOU, SHIPPED_RECIPE
     from minisam.training.shapes import interior_point, make_scene
     from minisam.errors import MinisamError
     from minisam.modeling.common import mask_iou
@@ -66,7 +61,7 @@ def run(args) -> int:
     generator = SamAutomaticMaskGenerator(sam, progress=False)     # the model's defaults (micro: its registry entry)
     records = generator.generate(scene.image)
     auto_best = [max([mask_iou(r["segmentation"], m) for r in records] or [0.0]) for m in objects]
-    found = sum(q >= FOUND_IOU for q in auto_best)
+    found = sum(q >= MATCH_IOU for q in auto_best)
 
     print(f"model: {sam.config.encoder_depth}-block ViT, {size}x{size} input "
           f"({'checkpoint ' + args.checkpoint if args.checkpoint else args.model or DEFAULT_MODEL})")
@@ -74,7 +69,7 @@ def run(args) -> int:
           f"IoU with the object {np.round(point_ious, 3).tolist()} (picked mask {best}: {point_ious[best]:.3f})")
     print(f"box {box.tolist()}: score {float(box_score[0]):.3f}, IoU {box_iou:.3f}")
     print(f"automatic masks: {len(records)}; best IoU per object {np.round(auto_best, 3).tolist()} "
-          f"(mean {np.mean(auto_best):.3f}): {found} of {len(objects)} objects found (IoU >= {FOUND_IOU})")
+          f"(mean {np.mean(auto_best):.3f}): {found} of {len(objects)} objects found (IoU >= {MATCH_IOU})")
 
     import matplotlib
     matplotlib.use("Agg")

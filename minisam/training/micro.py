@@ -644,8 +644,13 @@ def evaluate_refinement(sam, n_scenes: int = 100, seed: int = EVAL_SEED, min_hol
                         negative_click_lowers_hole=lowered)}
 
 
+# A returned mask matches a true one at this IoU (the model card's automatic recall and precision,
+# and the demo's "found").
+MATCH_IOU = 0.75
+
+
 def evaluate_automatic(sam, n_scenes: int = 50, seed: int = EVAL_SEED, min_area: int = 300,
-                       match_iou: float = 0.75, progress: bool = False,
+                       match_iou: float = MATCH_IOU, progress: bool = False,
                        scene_min_area: int = SHIPPED_RECIPE["scene_min_area"], **generator_kwargs) -> Dict:
     """The automatic mask generator on held-out scenes (minisam alone).
 

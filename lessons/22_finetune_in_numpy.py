@@ -163,9 +163,8 @@ def crosses_and_crescents(seed, zoom):
     """One scene drawn ``zoom`` times larger than S and cut to its centre S x S. -> image
     [S, S, 3] uint8, every object's mask [S, S] bool (the same objects, in the same order, at
     every zoom)."""
-    scene = make_unseen_scene(np.random.default_rng(seed), zoom * S, min_area=0)
-    o = (zoom - 1) * S // 2
-    return scene.image[o:o + S, o:o + S], [m[o:o + S, o:o + S] for m in scene.masks]
+    scene = make_unseen_scene(np.random.default_rng(seed), S, min_area=0, zoom=zoom)
+    return scene.image, scene.masks
 
 
 # Training: close-ups only. Held out: other seeds, each at both sizes, and only the objects

@@ -349,3 +349,20 @@ def test_simulation_with_minisam_predictor_matches_official_forward(first):
         assert rec.loss == pytest.approx(ref_loss, rel=1e-4)
     print(f"\n[simulation parity, first={first}] worst per-round rel err {worst:.2e}; "
           f"IoU per round {[round(r.iou, 3) for r in records]}")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_unseen_scene_close_up_is_the_centre_of_the_larger_scene(seed):
+    """``make_unseen_scene(zoom=2)`` (the close-ups of lesson 22 and the fine-tuning benchmark) is
+    the centre S x S of the same scene drawn 2S a side: same pixels, same objects in the same order."""
+    from minisam.training.shapes import make_unseen_scene
+    S, o = 64, 32
+    large = make_unseen_scene(np.random.default_rng(seed), 2 * S, min_area=0)
+    close = make_unseen_scene(np.random.default_rng(seed), S, min_area=0, zoom=2)
+    usual = make_unseen_scene(np.random.default_rng(seed), S, min_area=0)
+    assert close.image.shape == (S, S, 3) and close.kinds == large.kinds == usual.kinds
+    np.testing.assert_array_equal(close.image, large.image[o:o + S, o:o + S])
+    for m_close, m_large in zip(close.masks, large.masks):
+        np.testing.assert_array_equal(m_close, m_large[o:o + S, o:o + S])
+    kept = make_unseen_scene(np.random.default_rng(seed), S, min_area=40, zoom=2)
+    assert [m.sum() for m in kept.masks] == [m.sum() for m in close.masks if m.sum() >= 40]

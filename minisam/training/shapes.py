@@ -243,16 +243,22 @@ def make_scenes(seed: int, n: int, size: int = 256, min_area: int = 0) -> List[S
 UNSEEN_KINDS = ("cross", "crescent")
 
 
-def make_unseen_scene(rng: np.random.Generator, size: int = 128, min_area: int = 60) -> Scene:
+def make_unseen_scene(rng: np.random.Generator, size: int = 128, min_area: int = 60, zoom: int = 1) -> Scene:
     """Crosses (two crossing bars) and crescents (a disk minus a shifted disk), 1 to 3 per image,
     on the textures of :func:`make_scene`; later shapes occlude earlier ones. Object-level masks
-    only, each at least ``min_area`` visible pixels (the list may come out empty)."""
-    yy, xx = _grid(size, size)
-    image = _texture(size, size, rng, _palette(rng) * 0.6)                   # [H, W, 3]
+    only, each at least ``min_area`` visible pixels (the list may come out empty).
+
+    ``zoom``: a close-up. The scene is drawn ``zoom`` times larger and cut to its centre
+    ``size`` x ``size``: the same objects ``zoom`` times larger, some cut by the border. The
+    random draws do not depend on the size, so one generator state gives the same scene at every
+    zoom, and with ``min_area=0`` the same objects in the same order."""
+    full = zoom * size
+    yy, xx = _grid(full, full)
+    image = _texture(full, full, rng, _palette(rng) * 0.6)                   # [zoom * H, zoom * W, 3]
     masks, kinds = [], []
     for _ in range(rng.integers(1, 4)):
-        cx, cy = rng.uniform(0.25, 0.75, 2) * size
-        rad = rng.uniform(0.12, 0.22) * size
+        cx, cy = rng.uniform(0.25, 0.75, 2) * full
+        rad = rng.uniform(0.12, 0.22) * full
         if rng.random() < 0.5:
             th = rng.uniform(0, np.pi)
             u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
@@ -267,9 +273,12 @@ def make_unseen_scene(rng: np.random.Generator, size: int = 128, min_area: int =
             bite = (xx - cx - shift * np.cos(a)) ** 2 + (yy - cy - shift * np.sin(a)) ** 2 <= (0.85 * rad) ** 2
             shape = disk & ~bite
             kinds.append("crescent")
-        colour = _texture(size, size, rng, _palette(rng))
+        colour = _texture(full, full, rng, _palette(rng))
         image[shape] = colour[shape]
         masks = [m & ~shape for m in masks] + [shape]
+    o = (zoom - 1) * size // 2  # the centre size x size of the zoomed scene
+    image = image[o:o + size, o:o + size]                                    # [H, W, 3]
+    masks = [m[o:o + size, o:o + size] for m in masks]                       # each [H, W]
     keep = [i for i, m in enumerate(masks) if m.sum() >= min_area]
     return Scene(image=np.clip(image, 0, 255).astype(np.uint8), masks=[masks[i] for i in keep],
                  levels=["object"] * len(keep), kinds=[kinds[i] for i in keep], objects=list(range(len(keep))))

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BLAS_ENV, describe_minisam, header, print_ending, verdict, worker_env  # noqa: E402
+from common import describe_minisam, header, print_ending, verdict, worker_env  # noqa: E402
 
 TARGET_GAIN, TARGET_SECONDS = 0.05, 600
 
@@ -74,9 +74,9 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "-c",
                "import sys; from minisam.cli import main; rc = main(sys.argv[1:]); "
                "print('VmHWM', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]); "
-               "import json, os; from minisam.kernels.threads import thread_info; info = thread_info(); "
-               f"info['blas_env'] = {{k: os.environ.get(k) for k in {BLAS_ENV!r}}}; "
-               "print('ENV', json.dumps(info, default=str)); sys.exit(rc)",
+               f"import json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+               "from common import minisam_env_info; print('ENV', json.dumps(minisam_env_info(), default=str)); "
+               "sys.exit(rc)",
                "finetune", data, "--out", out, "--model", "micro", "--steps", str(args.steps),
                "--batch", str(args.batch), "--lr", str(args.lr), "--no-progress"]
         t0 = time.time()

@@ -13,13 +13,16 @@ of it, clipping and an AdamW step. Two kinds of step, timed separately:
 Both sides start from the same weights (drawn once with :func:`minisam.training.micro_numpy.official_init`)
 and draw each step's batch from the same seed; the timed steps are interleaved between the sides.
 
-Reported: median and all step times per kind, the ratio (target: NumPy <= 1.5x torch), the
-step's floating-point work as torch's ``FlopCounterMode`` counts it (matmuls and convolutions
-of the forward and backward; the NumPy engine also recomputes the attention probabilities and
-the GELUs, not counted), each side's GFLOP/s on it against that side's measured float32 GEMM
-peak (a 2048^3 GEMM), peak RSS, and the BLAS kernel (threadpoolctl).
+Reported: median and all step times per kind; the ratio of the medians (target: NumPy <= 1.5x
+torch) and the median of the per-batch ratios (a step's time depends on its batch: how many
+targets, how many clicks); the largest relative difference between the two sides' losses on
+the same batch (a check that both did the same work); the step's floating-point work as
+torch's ``FlopCounterMode`` counts it (matmuls and convolutions of the forward and backward;
+the NumPy engine also recomputes the attention probabilities and the GELUs, not counted), each
+side's GFLOP/s on it against that side's measured float32 GEMM peak (a 2048^3 GEMM), peak
+RSS, and the BLAS kernel (threadpoolctl).
 
-    python benchmarks/train_micro_step.py [--repeats 3] [--threads N] [--keep-blas-env] [--tiny]
+    python benchmarks/train_micro_step.py [--repeats 7] [--threads N] [--keep-blas-env] [--tiny]
 
 ``--tiny`` runs a 2-block model on a batch of 1 image x 2 masks: a check that the script runs,
 not a measurement.
@@ -106,11 +109,18 @@ class Side:
         return float(loss.detach())
 
     def count_flops(self, kind: str) -> float:
-        """The step's FLOPs as torch counts them (torch side only; one extra, untimed step)."""
+        """The step's FLOPs as torch counts them (torch side only): one extra, untimed step on the
+        batch of the next timed step, undone afterwards (weights, AdamW state, batch index), so
+        that both sides go on from the same weights on the same batches."""
+        import copy
         from torch.utils.flop_counter import FlopCounterMode
         counter = FlopCounterMode(display=False)
+        saved = self.index, copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict())
         with counter:
             self.step(kind)
+        self.index = saved[0]
+        self.model.load_state_dict(saved[1])
+        self.opt.load_state_dict(saved[2])
         return float(counter.get_total_flops())
 
 
@@ -145,7 +155,7 @@ def prepare(path: str, tiny: bool) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3, help="timed steps per side and kind")
+    ap.add_argument("--repeats", type=int, default=7, help="timed steps per side and kind (each on its own batch)")
     ap.add_argument("--tiny", action="store_true", help="a 2-block model on 1 image x 2 masks: check the script runs")
     add_worker_args(ap, workers=("numpy", "torch"))
     args = ap.parse_args(argv)
@@ -159,6 +169,7 @@ def main(argv=None) -> int:
     sides = ("numpy", "torch")
     rss = {}
     times = {(s, k): [] for s in sides for k in KINDS}
+    losses = {(s, k): [] for s in sides for k in KINDS}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, "micro_init.pth")
         prepare(ckpt, args.tiny)
@@ -168,6 +179,7 @@ def main(argv=None) -> int:
                                              args.keep_blas_env)) as (procs, info):
             for side, command, r in interleaved(procs, [f"run {kind}" for kind in KINDS], args.repeats):
                 times[side, command.split()[1]].append(r["time"])
+                losses[side, command.split()[1]].append(r["loss"])
                 rss[side] = r["peak_rss_mb"]
     flops = info["torch"]["flops"]
     for side in sides:
@@ -183,8 +195,12 @@ def main(argv=None) -> int:
     print()
     for kind in KINDS:
         tn, tt = statistics.median(times["numpy", kind]), statistics.median(times["torch", kind])
+        paired = statistics.median(a / b for a, b in zip(times["numpy", kind], times["torch", kind]))
+        loss_gap = max(abs(a - b) / abs(b) for a, b in zip(losses["numpy", kind], losses["torch", kind]))
         print(f"{kind:>6} step ({flops[kind] / 1e9:.2f} GFLOP): numpy/torch {tn / tt:.2f}x "
-              f"(target <= {TARGET}x: {verdict(tn / tt <= TARGET)})")
+              f"(target <= {TARGET}x: {verdict(tn / tt <= TARGET)}); median of the per-batch ratios "
+              f"{paired:.2f}x; same batches: losses within {loss_gap:.1e} relative"
+              + ("" if loss_gap <= 0.02 else " -- NOT the same batches, the ratio compares different work"))
     print_ending(rss, sides)
     return 0
 

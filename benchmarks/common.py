@@ -11,6 +11,11 @@ GEMM speed of the SkylakeX kernel on AVX-512 CPUs). Tests and CI leave them alon
 benchmark unsets both **for the minisam worker only** (``--keep-blas-env`` keeps them); the
 variables must be gone before NumPy loads OpenBLAS, hence in the worker's environment, not
 set at run time. Every report then says which kernel ran (threadpoolctl ``architecture``).
+
+OpenBLAS's idle spin. ``import minisam`` shortens it (``OPENBLAS_THREAD_TIMEOUT``, see
+``minisam/kernels/threads.py``) when it is imported before NumPy. Every worker, of every side,
+gets the same value (the parent's if set, else minisam's), so that no side runs with a setting
+the other lacks; the header of each report prints it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+SPIN_VAR = "OPENBLAS_THREAD_TIMEOUT"
+
+
+def spin_value() -> str:
+    """The OPENBLAS_THREAD_TIMEOUT every worker gets: this process's, else minisam's default."""
+    from minisam.kernels.threads import OPENBLAS_SPIN_EXPONENT
+    return os.environ.get(SPIN_VAR) or str(OPENBLAS_SPIN_EXPONENT)
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -93,6 +105,9 @@ def describe_minisam(info: dict) -> list:
     nb = info.get("numba", {})
     if nb:
         lines.append(f"Numba: {nb.get('num_threads')} threads (pool {nb.get('pool')}), layer {nb.get('layer')}")
+    spin = info.get("blas_spin")
+    if spin:
+        lines.append(f"OpenBLAS idle spin in the minisam worker: {SPIN_VAR}={spin.get(SPIN_VAR)} ({spin.get('how')})")
     env = info.get("blas_env", {})
     set_vars = {k: v for k, v in env.items() if v is not None}
     lines.append("OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in the minisam worker: "
@@ -145,6 +160,7 @@ def worker_env(side: str, threads=None, keep_blas_env: bool = False) -> dict:
     if side == "minisam" and not keep_blas_env:
         for var in BLAS_ENV:
             env.pop(var, None)
+    env[SPIN_VAR] = spin_value()
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -249,7 +265,8 @@ def load_official_vit_b(path: str):
 
 def header(title: str, threads) -> str:
     return (f"{title}\n{os.cpu_count()} CPUs, threads: {threads or 'all'}; {load_average()} at start; "
-            f"python {sys.version.split()[0]}")
+            f"python {sys.version.split()[0]}; {SPIN_VAR}={spin_value()} in every worker (OpenBLAS idle spin "
+            f"2^{spin_value()} cycles)")
 
 
 def fmt_times(times) -> str:

@@ -9,6 +9,12 @@ Names are imported lazily so that ``import minisam`` stays cheap (no Numba compi
 
 from importlib import import_module
 
+# Before anything imports NumPy: OpenBLAS reads its spin setting when NumPy loads it
+# (minisam/kernels/threads.py says why it matters).
+from minisam.kernels.threads import shorten_blas_spin
+
+shorten_blas_spin()
+
 __version__ = "0.1.0"
 
 from minisam.errors import (CheckpointError, ConfigError, DownloadError, ImageError,  # noqa: F401

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,7 +76,15 @@ def test_gelu(lead, C, seed, scale, with_bias):
     _close(K.gelu(x, b), ref, 1e-6 * max(1.0, np.abs(x).max()))
     inplace = x.copy()
     K.gelu(inplace, b, out=inplace)
-    _close(inplace, ref, 1e-6 * max(1.0, np.abs(x).max()))
+    assert np.array_equal(inplace, K.gelu(x, b))  # the in-place kernel computes the same bits
+
+
+def test_gelu_out_must_be_x_or_apart():
+    x = np.ones((4, 6), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        K.gelu(x[1:], out=x[:-1])
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        K.gelu(x, out=np.empty((6, 4), np.float32).T)
 
 
 @SETTINGS
@@ -199,3 +208,26 @@ def test_parallel_for_raises_what_a_task_raises():
         assert out[:5].sum() == 5          # the first chunk ran on the calling thread
     finally:
         set_num_threads(before)
+
+
+@pytest.mark.parametrize("code, env_value, expected", [
+    ("import minisam", None, ("20", "set by minisam")),
+    ("import numpy, minisam", None, (None, "not set: NumPy was imported first")),
+    ("import minisam", "8", ("8", "set by the environment")),
+])
+def test_import_shortens_the_openblas_spin_only_when_it_can(code, env_value, expected):
+    """``import minisam`` sets OPENBLAS_THREAD_TIMEOUT before NumPy loads OpenBLAS, never after
+    it, and never over a value the user set; thread_info says which happened."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if env_value is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = env_value
+    out = subprocess.run([sys.executable, "-c", code + "; import json, os; from minisam.kernels.threads import "
+                          "thread_info; s = thread_info()['blas_spin']; print(json.dumps([os.environ.get("
+                          "'OPENBLAS_THREAD_TIMEOUT'), s['OPENBLAS_THREAD_TIMEOUT'], s['how']]))"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    value, reported, how = json.loads(out.strip().splitlines()[-1])
+    assert (value, how) == expected and reported == value

@@ -13,6 +13,16 @@ threads on a laptop. ``set_num_threads(n)`` sets both:
 - the kernel threads of :func:`parallel_for` (default: ``NUMBA_NUM_THREADS`` if set, else
   every CPU); Numba's own setting too, for any code that uses Numba's pool.
 
+The two pools do meet in one place: after each call, OpenBLAS keeps its idle threads spinning
+for 2^28 CPU cycles (~0.1 s) in case another call follows, and minisam follows most GEMMs with
+a Numba kernel on the same cores. Measured on 2 cores (AMD EPYC, OpenBLAS 0.3.31 SkylakeX), the
+rel-pos kernel took 35 ms right after a GEMM and 18 ms after a pause, and vit_b's ``set_image``
+3.74 s against 3.26 s with the spin shortened. ``OPENBLAS_THREAD_TIMEOUT=n`` sets the spin to
+2^n cycles, and OpenBLAS reads it once, when NumPy loads it: so ``import minisam`` sets it to
+:data:`OPENBLAS_SPIN_EXPONENT` if it is unset and NumPy is not imported yet (the ``minisam``
+command, or a script that imports minisam first). Otherwise it is too late and nothing is
+changed; :func:`thread_info` says which. A value you set yourself is never touched.
+
 Why not Numba's ``parallel=True``: its extra compiler passes doubled the first-run compile
 time (an empty Numba cache: right after installing), for the same per-task arithmetic.
 
@@ -29,6 +39,29 @@ import threading
 from typing import Callable, Dict, List, Optional
 
 _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+# 2^20 cycles, ~0.3-0.5 ms: back-to-back GEMMs still find the threads awake; a Numba kernel
+# after a GEMM shares its cores for at most that long. vit_b set_image on the machine above:
+# 3.74 s with OpenBLAS's default, 3.21-3.29 s with any exponent from 4 to 24.
+OPENBLAS_SPIN_EXPONENT = 20
+_spin_setting = "not set up"  # what shorten_blas_spin found, for thread_info
+
+
+def shorten_blas_spin() -> str:
+    """Set ``OPENBLAS_THREAD_TIMEOUT`` (see the module docstring) if that can still take effect.
+
+    Returns, and :func:`thread_info` reports, one of: ``"set by minisam"``, ``"set by the
+    environment"`` (left alone), ``"not set: NumPy was imported first"`` (OpenBLAS's default spin).
+    """
+    global _spin_setting
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        _spin_setting = "set by the environment"
+    elif "numpy" in sys.modules:
+        _spin_setting = "not set: NumPy was imported first"
+    else:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(OPENBLAS_SPIN_EXPONENT)
+        _spin_setting = "set by minisam"
+    return _spin_setting
 _limiter = None  # the threadpoolctl limiter that holds the BLAS setting (kept alive on purpose)
 
 
@@ -106,7 +139,8 @@ def set_num_threads(n: Optional[int] = None) -> int:
 
 
 def thread_info() -> Dict[str, object]:
-    """{"blas": [{internal_api, version, architecture, num_threads, filepath}...], "numba": {...}}
+    """{"blas": [{internal_api, version, architecture, num_threads, filepath}...], "numba": {...},
+    "blas_spin": {"OPENBLAS_THREAD_TIMEOUT": value or None, "how": what :func:`shorten_blas_spin` found}}
 
     ``blas`` is empty without threadpoolctl. ``architecture`` is the BLAS kernel OpenBLAS chose
     for this CPU (e.g. SkylakeX, Haswell): ``OPENBLAS_CORETYPE`` overrides it.
@@ -121,4 +155,5 @@ def thread_info() -> Dict[str, object]:
         pass
     numba_info = dict(num_threads=_kernel_threads, pool=_kernel_threads,
                       layer="minisam.kernels.threads.parallel_for (Python threads, nogil Numba kernels)")
-    return {"blas": blas, "numba": numba_info}
+    spin = dict(OPENBLAS_THREAD_TIMEOUT=os.environ.get("OPENBLAS_THREAD_TIMEOUT"), how=_spin_setting)
+    return {"blas": blas, "numba": numba_info, "blas_spin": spin}

@@ -358,10 +358,10 @@ def counted_macs(params, c, x_in, compute=True):
     names = ("linear", "attention_rel_pos", "_chunked_attention", "rel_pos_dot_products", "block", "neck") + elementwise
     real = {name: getattr(enc, name) for name in names}
 
-    def linear(a, weight, bias=None):                  # [m, k] @ [k, n]
+    def linear(a, weight, bias=None, out=None):        # [m, k] @ [k, n]
         m, k, n = a.size // a.shape[-1], a.shape[-1], weight.shape[0]
         macs[running[0]]["linear"] += m * k * n
-        return real["linear"](a, weight, bias) if compute else np.zeros(a.shape[:-1] + (n,), np.float32)
+        return real["linear"](a, weight, bias, out) if compute else np.zeros(a.shape[:-1] + (n,), np.float32)
 
     def attention_kernel(name):
         def counted(q, k, v, *rest):                   # q, k, v [A, T, hd]: A x ([T, hd] @ [hd, T], [T, T] @ [T, hd])

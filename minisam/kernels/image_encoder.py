@@ -59,13 +59,33 @@ def _put(trace, name, value):
         trace[name] = np.array(value, dtype=np.float32, copy=True)
 
 
-def linear(x, weight, bias=None):
-    """y = x W^T + b as one GEMM over all leading axes.  [..., in], [out, in], [out] -> [..., out]"""
+def linear(x, weight, bias=None, out=None):
+    """y = x W^T + b as one GEMM over all leading axes.  [..., in], [out, in], [out] -> [..., out]
+
+    ``out``: a C-contiguous float32 array of the result's size to write into (see ``_buffer``)."""
     lead = x.shape[:-1]
-    y = _f32(x).reshape(-1, x.shape[-1]) @ _f32(weight).T                  # [M, out]
+    x2, w_t = _f32(x).reshape(-1, x.shape[-1]), _f32(weight).T             # [M, in], [in, out]
+    if out is None:
+        y = x2 @ w_t                                                       # [M, out]
+    else:
+        y = np.matmul(x2, w_t, out=out.reshape(x2.shape[0], w_t.shape[1]))  # [M, out]
     if bias is not None:
         y += bias
     return y.reshape(*lead, -1)                                            # [..., out]
+
+
+def _buffer(buffers, key, shape):
+    """A float32 array of ``shape`` kept in ``buffers`` (one dict per forward) under (key, shape),
+    for the results over 32 MB: the qkv of all tokens and the MLP's hidden layer (37-50 MB each
+    for vit_b). glibc serves such sizes by a fresh mmap each time, so every block paid the page
+    faults of ~100 MB anew (~0.3 s of a vit_b forward on 2 cores); reused, they fault once per
+    shape. ``buffers=None``: a new array, as before."""
+    if buffers is None:
+        return None
+    arr = buffers.get((key, shape))
+    if arr is None:
+        arr = buffers[key, shape] = np.empty(shape, np.float32)
+    return arr
 
 
 # --------------------------------------------------------------------------- patches
@@ -100,7 +120,7 @@ def rel_pos_terms(q, rel_pos_h, rel_pos_w, hw):
 
 # --------------------------------------------------------------------------- attention
 
-def attention(p, x, num_heads, trace=None, name=""):
+def attention(p, x, num_heads, trace=None, name="", buffers=None):
     """Multi-head self-attention with decomposed relative positions (image_encoder.py L185-240).
 
     x [B', h, w, D] (B' windows, or images for a global block) -> [B', h, w, D].
@@ -108,7 +128,8 @@ def attention(p, x, num_heads, trace=None, name=""):
     """
     Bp, h, w, D = x.shape
     T, hd = h * w, D // num_heads
-    qkv = linear(x, p["qkv"]["weight"], p["qkv"]["bias"])                  # [B', h, w, 3D]
+    qkv = linear(x, p["qkv"]["weight"], p["qkv"]["bias"],
+                 _buffer(buffers, "qkv", (Bp, h, w, 3 * D)))                # [B', h, w, 3D]
     _put(trace, name + ".qkv", qkv)
     qkv = qkv.reshape(Bp, T, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)    # [3, B', nH, T, hd]
     q, k, v = (_f32(t).reshape(Bp * num_heads, T, hd) for t in qkv)        # [A, T, hd] each
@@ -139,7 +160,8 @@ def _chunked_attention(q, k, v, rel_h, rel_w, hw):
 
 # --------------------------------------------------------------------------- blocks
 
-def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, name="", eps=ENCODER_LN_EPS):
+def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, name="", eps=ENCODER_LN_EPS,
+          buffers=None):
     """One transformer block (image_encoder.py L119-182), updating the residual stream in place.
 
     x [B, G, G, D] residual stream (modified in place), x_norm1 = norm1(x) [B, G, G, D].
@@ -150,14 +172,15 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
     _put(trace, name + ".norm1", x_norm1)
     if window_size > 0:
         windows, pad_hw = window_partition(x_norm1, window_size)           # [B*nW, w, w, D]
-        a = attention(p["attn"], windows, num_heads, trace, name + ".attn")  # [B*nW, w, w, D]
+        a = attention(p["attn"], windows, num_heads, trace, name + ".attn", buffers)  # [B*nW, w, w, D]
         a = window_unpartition(a, window_size, pad_hw, (H, W))             # [B, G, G, D]
     else:
-        a = attention(p["attn"], x_norm1, num_heads, trace, name + ".attn")  # [B, G, G, D]
+        a = attention(p["attn"], x_norm1, num_heads, trace, name + ".attn", buffers)  # [B, G, G, D]
     x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], eps)  # x += a; [B, G, G, D]
     _put(trace, name + ".norm2", x_norm2)
     mlp = p["mlp"]
-    hidden = linear(x_norm2, mlp["lin1"]["weight"])                        # [B, G, G, 4D] no bias yet
+    hidden = linear(x_norm2, mlp["lin1"]["weight"], None,
+                    _buffer(buffers, "mlp.hidden", (B, H, W, mlp["lin1"]["weight"].shape[0])))  # [B, G, G, 4D] no bias yet
     if trace is not None:
         _put(trace, name + ".mlp.lin1", hidden + mlp["lin1"]["bias"])
     gelu(hidden, mlp["lin1"]["bias"], out=hidden)                          # [B, G, G, 4D] in place
@@ -230,10 +253,12 @@ def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None) -> np.ndar
     depth = cfg.encoder_depth
     eps = cfg.encoder_norm_eps
     x_norm1 = layer_norm(tokens, blocks[0]["norm1"]["weight"], blocks[0]["norm1"]["bias"], eps)
+    buffers = {}                                                           # reused from block to block
     for i in range(depth):
         next_norm1 = blocks[i + 1]["norm1"] if i + 1 < depth else None
         tokens, x_norm1 = block(blocks[i], tokens, x_norm1, cfg.encoder_num_heads,
-                                cfg.block_window_size(i), next_norm1, trace, f"{e}.blocks.{i}", eps)
+                                cfg.block_window_size(i), next_norm1, trace, f"{e}.blocks.{i}", eps, buffers)
+    del buffers
     out = neck(p["neck"], tokens, trace, e + ".neck")                      # [B, C, G, G]
     _put(trace, e, out)
     return out

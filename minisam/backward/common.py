@@ -76,6 +76,9 @@ def _normal_cdf_exact(x, out):  # [n] float64 -> [n] float64
         out[i] = 0.5 * math.erfc(-x[i] * _SQRT1_2)
 
 
+_INV_FACTORIAL = np.array([1 / math.factorial(k) for k in range(12)])
+
+
 @njit(inline="always")
 def _exp_nonpositive(a):  # float64 a in [-120, 0.3] -> exp(a) to ~1e-8 relative
     """exp(a) = exp(a / 128) ** 128: a degree-12 Taylor polynomial on |a / 128| < 0.94 (error
@@ -88,9 +91,6 @@ def _exp_nonpositive(a):  # float64 a in [-120, 0.3] -> exp(a) to ~1e-8 relative
     for _ in range(7):
         p = p * p
     return p
-
-
-_INV_FACTORIAL = np.array([1 / math.factorial(k) for k in range(12)])
 
 
 @njit(error_model="numpy")
@@ -129,8 +129,9 @@ def normal_cdf(x):  # [...] -> [...]
       the backward, not a fit).
     - float32: :func:`_normal_cdf_fit`, evaluated in float64 and rounded once: within the fit's
       1.2e-7 plus float32's rounding (2^-24) relative of the exact Phi, for every float32 x whose
-      Phi is a normal float32 (measured: 1.6e-7; a few float32 ulps). It is ~7x faster than ``math.erfc`` element by element, which took 12% of
-      a micro training step (``benchmarks/train_micro_step.py``)."""
+      Phi is a normal float32 (measured: 1.6e-7; a few float32 ulps). It is ~7x faster than
+      ``math.erfc`` element by element, which took 12% of a micro training step
+      (``benchmarks/train_micro_step.py``)."""
     flat = np.ascontiguousarray(x).ravel()  # [n]
     if x.dtype == np.float32:
         out = np.empty(flat.shape, np.float32)  # [n]

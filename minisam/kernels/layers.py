@@ -324,22 +324,22 @@ def _row_max(row, N, lane):  # row [>=N] float32, scratch lane [_LANES] float32 
 
 
 @njit(inline="always")
-def _exp_shifted_(row, N, m, bits, acc):  # row [>=N] float32 in place; scratch [>=N] int32, [_LANES] float64
+def _exp_shifted_(row, N, m, bits):  # row [>=N] float32 in place; scratch [>=N] int32
     """row[:N] <- exp(row[:N] - m); returns their sum, accumulated in float64 over 8 lanes
     (lane l takes elements l, l + 8, ...; then lanes 0..7 in order, then the tail).
 
-    The lanes are 8 local variables, not the ``acc`` array (kept in the signature for the
-    callers): in an array, each add stored and reloaded its lane through memory (LLVM cannot
-    prove the array does not alias ``row``), which made this loop 2x slower than the exp itself.
+    The lanes are 8 local variables: kept in a scratch array, each add stored and reloaded its
+    lane through memory (LLVM cannot prove the array does not alias ``row``), which made this
+    loop 2x slower than the exp itself.
     """
-    body = N - N % _LANES
+    body = N - N % 8
     for j in range(N):                         # exp(x - m) = p * 2**n; 2**n built from bits
         p, n = _exp_parts(row[j] - m)
         row[j] = p
         bits[j] = (np.int32(n) + np.int32(127)) << 23
     scale = bits.view(np.float32)
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for j0 in range(0, body, _LANES):         # _LANES == 8, one line per lane
+    for j0 in range(0, body, 8):              # one line per lane
         e0 = row[j0] * scale[j0]
         e1 = row[j0 + 1] * scale[j0 + 1]
         e2 = row[j0 + 2] * scale[j0 + 2]
@@ -367,11 +367,11 @@ def _exp_shifted_(row, N, m, bits, acc):  # row [>=N] float32 in place; scratch 
 
 
 @njit
-def _softmax_row_(row, bits, lane, acc):  # [cols] float32 in place; scratch: [>=cols] int32, [_LANES] f32, [_LANES] f64
+def _softmax_row_(row, bits, lane):  # [cols] float32 in place; scratch: [>=cols] int32, [_LANES] f32
     """Softmax of one row in place: max, exp(x - max), scale by 1 / sum."""
     N = row.shape[0]
     m = _row_max(row, N, lane)
-    total = _exp_shifted_(row, N, m, bits, acc)
+    total = _exp_shifted_(row, N, m, bits)
     inv = np.float32(1.0 / total)
     for j in range(N):
         row[j] *= inv
@@ -388,10 +388,9 @@ def _softmax_kernel(lo, hi, x):  # blocks [lo, hi); [rows, cols] in place
     rows, N = x.shape
     bits = np.empty(N, np.int32)
     lane = np.empty(_LANES, np.float32)
-    acc = np.empty(_LANES, np.float64)
     for blk in range(lo, hi):
         for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
-            _softmax_row_(x[r], bits, lane, acc)
+            _softmax_row_(x[r], bits, lane)
 
 
 def softmax(x, out=None):
@@ -427,14 +426,13 @@ def _softmax_rel_pos_kernel(lo, hi, attn, rel_h, rel_w):  # blocks [lo, hi); [ro
     kw = rel_w.shape[1]
     bits = np.empty(kh * kw, np.int32)
     lane = np.empty(_LANES, np.float32)
-    acc = np.empty(_LANES, np.float64)
     for blk in range(lo, hi):
         for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
             for a in range(kh):
                 for b in range(kw):
                     # float32, in torch's order: (attn + rel_h) + rel_w
                     attn[r, a * kw + b] = (attn[r, a * kw + b] + rel_h[r, a]) + rel_w[r, b]
-            _softmax_row_(attn[r], bits, lane, acc)
+            _softmax_row_(attn[r], bits, lane)
 
 
 def softmax_rel_pos_(attn, rel_h, rel_w):
@@ -469,7 +467,7 @@ def attention_rel_pos_numpy(q, k, v, rel_h, rel_w):
 
 
 @njit
-def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane, acc):  # [T,hd], [hd,T], [T,hd], [T,kh], [T,kw], [T,hd]
+def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane):  # [T,hd], [hd,T], [T,hd], [T,kh], [T,kw], [T,hd]
     """One attention call (one window x head), its scores staying in cache."""
     T, hd = q.shape
     kh = rel_h.shape[1]
@@ -503,7 +501,7 @@ def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane, acc):  # [T,
             for a in range(kh):
                 for b in range(kw):
                     row[a * kw + b] = (row[a * kw + b] + rel_h[i, a]) + rel_w[i, b]
-            _softmax_row_(row, bits, lane, acc)
+            _softmax_row_(row, bits, lane)
             for c in range(hd):
                 out[i, c] = 0
         for r in range(m):                     # out[i] += P[r, j] * v[j], vectorized over hd
@@ -521,9 +519,8 @@ def _attention_rel_pos_kernel(lo, hi, q, kT, v, rel_h, rel_w, out):  # calls [lo
     P = np.empty((4, T), np.float32)
     bits = np.empty(T, np.int32)
     lane = np.empty(_LANES, np.float32)
-    acc = np.empty(_LANES, np.float64)
     for n in range(lo, hi):                    # one attention call (window x head) per task
-        _attention_one_call(q[n], kT[n], v[n], rel_h[n], rel_w[n], out[n], P, bits, lane, acc)
+        _attention_one_call(q[n], kT[n], v[n], rel_h[n], rel_w[n], out[n], P, bits, lane)
 
 
 def attention_rel_pos(q, k, v, rel_h, rel_w):

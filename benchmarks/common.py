@@ -34,6 +34,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 SPIN_VAR = "OPENBLAS_THREAD_TIMEOUT"
 
 
@@ -41,7 +42,6 @@ def spin_value() -> str:
     """The OPENBLAS_THREAD_TIMEOUT every worker gets: this process's, else minisam's default."""
     from minisam.kernels.threads import OPENBLAS_SPIN_EXPONENT
     return os.environ.get(SPIN_VAR) or str(OPENBLAS_SPIN_EXPONENT)
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 # --------------------------------------------------------------------------- measuring

@@ -39,6 +39,7 @@ import threading
 from typing import Callable, Dict, List, Optional
 
 _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+_limiter = None  # the threadpoolctl limiter that holds the BLAS setting (kept alive on purpose)
 
 # 2^20 cycles, ~0.3-0.5 ms: back-to-back GEMMs still find the threads awake; a Numba kernel
 # after a GEMM shares its cores for at most that long. vit_b set_image on the machine above:
@@ -62,7 +63,6 @@ def shorten_blas_spin() -> str:
         os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(OPENBLAS_SPIN_EXPONENT)
         _spin_setting = "set by minisam"
     return _spin_setting
-_limiter = None  # the threadpoolctl limiter that holds the BLAS setting (kept alive on purpose)
 
 
 def _default_threads() -> int:

@@ -29,6 +29,7 @@ from minisam.backward.common import (gelu_backward, gelu_forward, layer_norm_bac
                                      linear_backward, linear_forward, relu_backward, relu_forward)
 from minisam.backward.transformer import two_way_transformer_backward, two_way_transformer_forward
 from minisam.modeling.common import LAYER_NORM_2D_EPS
+from minisam.modeling.mask_decoder import conv_transpose2x2_s2
 
 
 # --------------------------------------------------------------------------- MLP
@@ -63,21 +64,8 @@ def mlp_backward(dy, caches, grad_trace=None, name: str = ""):  # [N, out] -> [N
 # --------------------------------------------------------------------------- upscaling
 
 def conv_transpose2x2_s2_forward(x, weight, bias):  # [N, Cin, g, g], [Cin, Cout, 2, 2], [Cout] -> [N, Cout, 2g, 2g]
-    """``ConvTranspose2d(kernel_size=2, stride=2)``: each input pixel paints its own 2x2 patch.
-
-    One GEMM per image, W^T [Cout*2*2, Cin] @ x [Cin, g*g], gives every patch entry (o, di, dj)
-    as a g x g plane; the plane (di, dj) fills the output pixels (2i + di, 2j + dj). Four strided
-    copies put them in place, each with rows of g pixels (a single 6-axis transposing copy
-    would move them two at a time, 2-3x slower)."""
-    N, Cin, H, W = x.shape
-    Cout = weight.shape[1]
-    w_t = weight.reshape(Cin, Cout * 4).T  # [Cout*2*2, Cin]
-    planes = (w_t @ x.reshape(N, Cin, H * W)).reshape(N, Cout, 2, 2, H, W)  # [N, Cout, 2, 2, g, g]
-    out = np.empty((N, Cout, H, 2, W, 2), planes.dtype)  # [N, Cout, g, 2, g, 2], i.e. [N, Cout, 2g, 2g]
-    for di in range(2):
-        for dj in range(2):
-            np.add(planes[:, :, di, dj], bias[None, :, None, None], out=out[:, :, :, di, :, dj])  # [N, Cout, g, g]
-    return out.reshape(N, Cout, 2 * H, 2 * W), (x, weight)
+    """:func:`minisam.modeling.mask_decoder.conv_transpose2x2_s2`, keeping (x, weight) for the backward."""
+    return conv_transpose2x2_s2(x, weight, bias), (x, weight)  # [N, Cout, 2g, 2g]
 
 
 def conv_transpose2x2_s2_backward(dy, cache):  # [N, Cout, 2g, 2g] -> [N, Cin, g, g], grads

@@ -9,8 +9,16 @@ the loss curves' means over windows of 50 steps, and whether the final IoUs agre
 step-for-step equal in float32 (a flipped pixel moves a click): what is compared is where
 training gets, not the path.
 
+The in-training validation has 24 scenes. ``--eval-scenes N`` (default 300) then evaluates both
+final models on the first N validation scenes (those 24 and more from the same seed) with
+minisam's own predictor (:func:`minisam.training.micro.evaluate`), object by object, and prints
+each engine's IoUs with the paired difference and its standard error; the run passes only if
+both comparisons are within the bound. ``--eval-only DIR`` does only the evaluation, on the two
+run folders that an earlier ``--out DIR`` kept.
+
     python benchmarks/train_micro_engines.py [--steps 1000] [--single-round-steps 750] [--threads N]
-                                             [--out DIR] [--tiny]
+                                             [--seed S] [--out DIR] [--eval-scenes N] [--tiny]
+    python benchmarks/train_micro_engines.py --eval-only DIR [--eval-scenes N]
 
 Wall times are printed but are not the comparison (``benchmarks/train_micro_step.py`` is the
 speed benchmark). ``--tiny`` runs 4 steps of a 2-block model on 1 image x 2 masks, to check
@@ -65,6 +73,39 @@ def torch_init(path: str, cfg, seed: int) -> None:
     torch.save(build_official(cfg).state_dict(), path)
 
 
+def paired_validation(root: str, n_scenes: int, tiny: bool) -> dict:
+    """Both final models of ``root/{torch,numpy}`` on the first ``n_scenes`` validation scenes,
+    object by object: each engine's mean IoUs and the paired differences (numpy - torch)."""
+    import numpy as np
+    from minisam.build_sam import build_sam
+    from minisam.training.micro import SHIPPED_RECIPE, VAL_SEED, evaluate
+    cfg = _config(tiny)
+    per = {}
+    for engine in ("torch", "numpy"):
+        sam = build_sam(os.path.join(root, engine, "last_checkpoint.pth"), cfg)
+        per[engine] = evaluate(sam, n_scenes, VAL_SEED, scene_min_area=SHIPPED_RECIPE["scene_min_area"],
+                               per_object=True)["per_object"]
+    out = {"scenes": n_scenes, "objects": len(per["torch"]["box_iou"])}
+    for key in ("point_best_of_3_iou", "box_iou"):
+        a, b = np.asarray(per["torch"][key]), np.asarray(per["numpy"][key])   # [objects] each
+        d = b - a                                                               # [objects]
+        out[key] = {"torch": float(a.mean()), "numpy": float(b.mean()), "diff": float(d.mean()),
+                    "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")}
+    return out
+
+
+def print_paired(res: dict) -> bool:
+    print(f"\nboth final models on {res['scenes']} validation scenes ({res['objects']} objects), minisam's predictor:\n"
+          f"  IoU torch / numpy, difference numpy - torch +- its paired standard error")
+    ok = True
+    for key, name in (("point_best_of_3_iou", "point best-of-3"), ("box_iou", "box")):
+        r = res[key]
+        ok &= abs(r["diff"]) <= BOUND
+        print(f"  {name:16} {r['torch']:.4f} / {r['numpy']:.4f}   {r['diff']:+.4f} +- {r['se']:.4f}")
+    print(f"final IoU differences on {res['scenes']} scenes within {BOUND}: {'met' if ok else 'NOT met'}")
+    return ok
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1000)
@@ -74,21 +115,28 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="keep both runs' folders here (default: a temporary folder)")
+    ap.add_argument("--eval-scenes", type=int, default=300,
+                    help="evaluate both final models on this many validation scenes, object by object (0: skip)")
+    ap.add_argument("--eval-only", metavar="DIR", help="only the evaluation, of the runs kept in DIR by --out DIR")
     ap.add_argument("--tiny", action="store_true", help="4 steps of a 2-block model: check the script runs")
     ap.add_argument("--worker", choices=["torch", "numpy"], help=argparse.SUPPRESS)
     ap.add_argument("--init", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.tiny and args.worker is None:
         args.steps, args.single_round_steps, args.val_every = 4, 2, 2
+        args.eval_scenes = min(args.eval_scenes, 2)
     if args.worker:
         worker(args)
         return 0
+    if args.eval_only:
+        return 0 if print_paired(paired_validation(args.eval_only, args.eval_scenes, args.tiny)) or args.tiny else 1
 
     print(header(f"train-micro, torch engine vs NumPy engine: {args.steps} steps ({args.single_round_steps} of "
                  f"the first phase), same init and seed" + (" [--tiny: not a comparison]" if args.tiny else ""),
                  args.threads), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or tmp
+        paired = None
         os.makedirs(root, exist_ok=True)
         init = os.path.join(root, "init.pth")
         torch_init(init, _config(args.tiny), args.seed)
@@ -108,6 +156,8 @@ def main(argv=None) -> int:
             with open(os.path.join(out, "train_log.json")) as f:
                 logs[engine] = json.load(f)
             print(f"[{engine}] {time.time() - t0:.0f} s wall", flush=True)
+        if args.eval_scenes:
+            paired = paired_validation(root, args.eval_scenes, args.tiny)
     print("\nvalidation (24 held-out scenes): step, point best-of-3 IoU torch / numpy, box IoU torch / numpy")
     val = {e: {h["step"]: h for h in logs[e]["history"] if "val_point_iou" in h} for e in logs}
     for step in sorted(val["torch"]):
@@ -124,6 +174,8 @@ def main(argv=None) -> int:
     ok = all(d <= BOUND for d in diffs.values())
     print(f"\nfinal IoU differences: point {diffs['val_point_iou']:.4f}, box {diffs['val_box_iou']:.4f} "
           f"(bound {BOUND}: {'met' if ok else 'NOT met'})")
+    if paired is not None:
+        ok &= print_paired(paired)
     print(f"{load_average()} at the end")
     return 0 if ok or args.tiny else 1
 

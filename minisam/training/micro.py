@@ -512,7 +512,7 @@ def lowres_ceiling_iou(mask: np.ndarray, low_res: int) -> float:
 
 
 def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = False,
-             scene_min_area: int = SHIPPED_RECIPE["scene_min_area"]) -> Dict[str, float]:
+             scene_min_area: int = SHIPPED_RECIPE["scene_min_area"], per_object: bool = False) -> Dict[str, float]:
     """Held-out metrics with minisam's own predictor (no torch), on scenes from ``seed`` drawn
     with :func:`make_scene`'s ``min_area=scene_min_area`` (the scene domain).
 
@@ -525,7 +525,9 @@ def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = F
       which of them is "the best" is decided by a few pixels);
     - ``iou_head_regret``: the mean IoU lost by taking the IoU head's pick instead of the best;
     - ``by_size``: point, box and pick per visible-area bin (:data:`SIZE_BINS`), with
-      ``ceiling``, the mean :func:`lowres_ceiling_iou` of the bin's objects.
+      ``ceiling``, the mean :func:`lowres_ceiling_iou` of the bin's objects;
+    - with ``per_object``, ``per_object``: the point and box IoUs of every object, in scene order
+      (two models evaluated on the same scenes can then be compared object by object).
     """
     from tqdm import tqdm
     from minisam.predictor import SamPredictor
@@ -553,6 +555,8 @@ def evaluate(sam, n_scenes: int = 500, seed: int = EVAL_SEED, progress: bool = F
            "iou_head_picks_within_0.02": float(np.mean(np.array(regret) <= 0.02)),
            "iou_head_regret": float(np.mean(regret))}
     out["std"] = _std(point_best_of_3_iou=best3, box_iou=boxes, iou_head_picks_best=picks)
+    if per_object:
+        out["per_object"] = {"point_best_of_3_iou": [float(x) for x in best3], "box_iou": [float(x) for x in boxes]}
     out["meets_targets"] = meets_targets(out)
     areas = np.array(areas)
     edges = list(SIZE_BINS) + [np.inf]

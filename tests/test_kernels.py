@@ -150,6 +150,34 @@ def test_exp_polynomial_accuracy():
     assert np.max(np.abs(got[0] - ref) / ref) < 2e-7
 
 
+@SETTINGS
+@given(st.integers(1, 300), seeds, st.sampled_from(["mixed", "negative", "positive", "specials"]))
+def test_row_max_over_integer_keys_is_numpys_max(N, seed, kind):
+    """The softmax row max, taken over integer keys of the float bits, is the float max: rows
+    all negative (where a plain integer compare of the bits would pick the smallest), all
+    positive, mixed, and with signed zeros, infinities, subnormals and huge values."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, N)) * np.array([[1e-3], [1.0], [30.0], [1e30]])  # [4, N]
+    if kind == "negative":
+        x = -np.abs(x) - 1e-38
+    elif kind == "positive":
+        x = np.abs(x)
+    elif kind == "specials":
+        specials = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38])
+        x.flat[rng.integers(0, x.size, 2 * N)] = specials[rng.integers(0, 8, 2 * N)]
+    x = x.astype(np.float32)
+    got = np.empty(4, np.float32)
+    K._row_max_kernel(x, got)
+    assert np.array_equal(got, x.max(1))
+
+
+def test_row_max_propagates_nan():
+    x = np.array([[1.0, np.nan, 3.0], [-1.0, -2.0, np.nan]], np.float32)
+    got = np.empty(2, np.float32)
+    K._row_max_kernel(x, got)
+    assert np.isnan(got).all()
+
+
 def test_erf_rational_accuracy():
     x = np.concatenate([np.linspace(-6, 6, 100001), [0.0, -0.0, 1e-30, 50.0, -50.0]]).astype(np.float32)
     got = np.empty_like(x)[None]

@@ -232,6 +232,12 @@ def _exp_kernel(x, out):  # [rows, cols] -> [rows, cols]; exposes _exp_parts to 
             out[r, j] = p * np.float32(2.0) ** np.int32(n)
 
 
+@njit
+def _row_max_kernel(x, out):  # [rows, cols] -> [rows]; exposes _row_max to the tests
+    for r in range(x.shape[0]):
+        out[r] = _row_max(x[r], x.shape[1])
+
+
 @njit(error_model="numpy")
 def _erf_kernel(x, out):  # [rows, cols] -> [rows, cols]; exposes _erf to the tests
     rows, N = x.shape
@@ -303,62 +309,54 @@ def gelu(x, bias=None, out=None):
 
 # --------------------------------------------------------------------------- softmax
 
-_LANES = 8  # independent partial max/sum accumulators, so the row reductions vectorize
+_SUM_LANES = 64  # float64 partial sums per softmax row: lane l takes elements l, l + 64, ...
 
 
 @njit(inline="always")
-def _row_max(row, N, lane):  # row [>=N] float32, scratch lane [_LANES] float32 -> max of row[:N]
-    """The maximum of row[:N], in 8 independent lanes so that the loop vectorizes with fastmath off."""
-    body = N - N % _LANES
-    for l in range(_LANES):                    # loops, not lane[:] = / lane.max(): see _row_mean_inv_std
-        lane[l] = row[0]
-    for j0 in range(0, body, _LANES):
-        for l in range(_LANES):
-            lane[l] = max(lane[l], row[j0 + l])
-    m = lane[0]
-    for l in range(1, _LANES):
-        m = max(m, lane[l])
-    for j in range(body, N):
-        m = max(m, row[j])
-    return m
+def _row_max(row, N):  # row [>=N] float32 -> max of row[:N]
+    """The maximum of row[:N], taken over integer keys so that the loop vectorizes with fastmath off.
 
-
-@njit(inline="always")
-def _exp_shifted_(row, N, m, bits):  # row [>=N] float32 in place; scratch [>=N] int32
-    """row[:N] <- exp(row[:N] - m); returns their sum, accumulated in float64 over 8 lanes
-    (lane l takes elements l, l + 8, ...; then lanes 0..7 in order, then the tail).
-
-    The lanes are 8 local variables: kept in a scratch array, each add stored and reloaded its
-    lane through memory (LLVM cannot prove the array does not alias ``row``), which made this
-    loop 2x slower than the exp itself.
+    LLVM vectorizes a float max only when allowed to ignore NaNs and signed zeros (fastmath),
+    but an integer max always: the key ``i ^ ((i >> 31) & 0x7fffffff)`` of the float's bits ``i``
+    orders the keys as the floats (it flips the magnitude bits of the negatives), so the largest
+    key is the largest float, the same one ``max`` finds. A NaN with its sign bit clear is the
+    largest key and becomes the max; any NaN makes ``exp(x - max)`` NaN in the sum anyway.
     """
-    body = N - N % 8
+    keys = row[:N].view(np.int32)
+    best = np.int32(-2147483648)
+    for j in range(N):
+        i = keys[j]
+        best = max(best, i ^ ((i >> np.int32(31)) & np.int32(0x7fffffff)))
+    best = best ^ ((best >> np.int32(31)) & np.int32(0x7fffffff))     # the key is its own inverse
+    return np.array([best], np.int32).view(np.float32)[0]
+
+
+@njit(inline="always")
+def _exp_shifted_(row, N, m, bits, lanes):  # row [>=N] float32 in place; scratch [>=N] int32, [_SUM_LANES] float64
+    """row[:N] <- exp(row[:N] - m); returns their sum, accumulated in float64 over 64 lanes
+    (lane l takes elements l, l + 64, ...; then lanes 0..63 in order, then the tail).
+
+    The lanes loop is a plain elementwise loop over a scratch array, which LLVM vectorizes (with
+    a run-time check that ``lanes`` does not overlap ``row``); 8 lanes kept in local variables
+    stayed scalar, one float64 add after another, 1.5x slower for a 1024-key row.
+    """
+    L = lanes.shape[0]
+    body = N - N % L
     for j in range(N):                         # exp(x - m) = p * 2**n; 2**n built from bits
         p, n = _exp_parts(row[j] - m)
         row[j] = p
         bits[j] = (np.int32(n) + np.int32(127)) << 23
     scale = bits.view(np.float32)
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for j0 in range(0, body, 8):              # one line per lane
-        e0 = row[j0] * scale[j0]
-        e1 = row[j0 + 1] * scale[j0 + 1]
-        e2 = row[j0 + 2] * scale[j0 + 2]
-        e3 = row[j0 + 3] * scale[j0 + 3]
-        e4 = row[j0 + 4] * scale[j0 + 4]
-        e5 = row[j0 + 5] * scale[j0 + 5]
-        e6 = row[j0 + 6] * scale[j0 + 6]
-        e7 = row[j0 + 7] * scale[j0 + 7]
-        row[j0], row[j0 + 1], row[j0 + 2], row[j0 + 3] = e0, e1, e2, e3
-        row[j0 + 4], row[j0 + 5], row[j0 + 6], row[j0 + 7] = e4, e5, e6, e7
-        s0 += e0
-        s1 += e1
-        s2 += e2
-        s3 += e3
-        s4 += e4
-        s5 += e5
-        s6 += e6
-        s7 += e7
-    total = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
+    for l in range(L):
+        lanes[l] = 0.0
+    for j0 in range(0, body, L):
+        for l in range(L):
+            e = row[j0 + l] * scale[j0 + l]
+            row[j0 + l] = e
+            lanes[l] += e
+    total = 0.0
+    for l in range(L):
+        total += lanes[l]
     for j in range(body, N):
         e = row[j] * scale[j]
         row[j] = e
@@ -367,11 +365,11 @@ def _exp_shifted_(row, N, m, bits):  # row [>=N] float32 in place; scratch [>=N]
 
 
 @njit
-def _softmax_row_(row, bits, lane):  # [cols] float32 in place; scratch: [>=cols] int32, [_LANES] f32
+def _softmax_row_(row, bits, lanes):  # [cols] float32 in place; scratch: [>=cols] int32, [_SUM_LANES] f64
     """Softmax of one row in place: max, exp(x - max), scale by 1 / sum."""
     N = row.shape[0]
-    m = _row_max(row, N, lane)
-    total = _exp_shifted_(row, N, m, bits)
+    m = _row_max(row, N)
+    total = _exp_shifted_(row, N, m, bits, lanes)
     inv = np.float32(1.0 / total)
     for j in range(N):
         row[j] *= inv
@@ -387,10 +385,10 @@ def softmax_numpy(x):
 def _softmax_kernel(lo, hi, x):  # blocks [lo, hi); [rows, cols] in place
     rows, N = x.shape
     bits = np.empty(N, np.int32)
-    lane = np.empty(_LANES, np.float32)
+    lanes = np.empty(_SUM_LANES, np.float64)
     for blk in range(lo, hi):
         for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
-            _softmax_row_(x[r], bits, lane)
+            _softmax_row_(x[r], bits, lanes)
 
 
 def softmax(x, out=None):
@@ -425,14 +423,14 @@ def _softmax_rel_pos_kernel(lo, hi, attn, rel_h, rel_w):  # blocks [lo, hi); [ro
     kh = rel_h.shape[1]
     kw = rel_w.shape[1]
     bits = np.empty(kh * kw, np.int32)
-    lane = np.empty(_LANES, np.float32)
+    lanes = np.empty(_SUM_LANES, np.float64)
     for blk in range(lo, hi):
         for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
             for a in range(kh):
                 for b in range(kw):
                     # float32, in torch's order: (attn + rel_h) + rel_w
                     attn[r, a * kw + b] = (attn[r, a * kw + b] + rel_h[r, a]) + rel_w[r, b]
-            _softmax_row_(attn[r], bits, lane)
+            _softmax_row_(attn[r], bits, lanes)
 
 
 def softmax_rel_pos_(attn, rel_h, rel_w):
@@ -467,7 +465,7 @@ def attention_rel_pos_numpy(q, k, v, rel_h, rel_w):
 
 
 @njit
-def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane):  # [T,hd], [hd,T], [T,hd], [T,kh], [T,kw], [T,hd]
+def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lanes):  # [T,hd], [hd,T], [T,hd], [T,kh], [T,kw], [T,hd]
     """One attention call (one window x head), its scores staying in cache."""
     T, hd = q.shape
     kh = rel_h.shape[1]
@@ -501,7 +499,7 @@ def _attention_one_call(q, kT, v, rel_h, rel_w, out, P, bits, lane):  # [T,hd], 
             for a in range(kh):
                 for b in range(kw):
                     row[a * kw + b] = (row[a * kw + b] + rel_h[i, a]) + rel_w[i, b]
-            _softmax_row_(row, bits, lane)
+            _softmax_row_(row, bits, lanes)
             for c in range(hd):
                 out[i, c] = 0
         for r in range(m):                     # out[i] += P[r, j] * v[j], vectorized over hd
@@ -518,9 +516,9 @@ def _attention_rel_pos_kernel(lo, hi, q, kT, v, rel_h, rel_w, out):  # calls [lo
     N, T, hd = q.shape
     P = np.empty((4, T), np.float32)
     bits = np.empty(T, np.int32)
-    lane = np.empty(_LANES, np.float32)
+    lanes = np.empty(_SUM_LANES, np.float64)
     for n in range(lo, hi):                    # one attention call (window x head) per task
-        _attention_one_call(q[n], kT[n], v[n], rel_h[n], rel_w[n], out[n], P, bits, lane)
+        _attention_one_call(q[n], kT[n], v[n], rel_h[n], rel_w[n], out[n], P, bits, lanes)
 
 
 def attention_rel_pos(q, k, v, rel_h, rel_w):

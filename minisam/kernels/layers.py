@@ -322,7 +322,7 @@ def _row_max(row, N):  # row [>=N] float32 -> max of row[:N]
     key is the largest float, the same one ``max`` finds. A NaN with its sign bit clear is the
     largest key and becomes the max; any NaN makes ``exp(x - max)`` NaN in the sum anyway.
     """
-    keys = row[:N].view(np.int32)
+    keys = row[:N].view(np.int32)  # [N] the floats' bits
     best = np.int32(-2147483648)
     for j in range(N):
         i = keys[j]
@@ -346,7 +346,7 @@ def _exp_shifted_(row, N, m, bits, lanes):  # row [>=N] float32 in place; scratc
         p, n = _exp_parts(row[j] - m)
         row[j] = p
         bits[j] = (np.int32(n) + np.int32(127)) << 23
-    scale = bits.view(np.float32)
+    scale = bits.view(np.float32)  # [>=N] 2**n
     for l in range(L):
         lanes[l] = 0.0
     for c in range(chunks):                    # not range(0, body, L): that loop ran 1.7x slower

@@ -8,9 +8,10 @@ the loss curves' means over windows of 50 steps, and whether the final IoUs agre
 (the bound the NumPy engine is held to). Past the first steps the runs are not
 step-for-step equal in float32 (a flipped pixel moves a click): what is compared is where
 training gets, not the path. Nor is the torch engine equal to itself: two of its runs from the
-same init and batches first differ by one float32 ulp of the loss at step 20, and their final
-point IoUs on 300 scenes differed by up to 0.017 over three seeds (``benchmarks/RESULTS.md``,
-2026-12-07). One pair of runs measures the engines' difference plus that spread.
+same init and batches first differ by one float32 ulp of the loss after some 20 steps, and
+their final point IoUs on 300 scenes differed by up to 0.017 over three seeds
+(``benchmarks/RESULTS.md``, 2026-12-07). One pair of runs measures the engines' difference plus
+that spread.
 
 The in-training validation has 24 scenes. ``--eval-scenes N`` (default 300) then evaluates both
 final models on the first N validation scenes (those 24 and more from the same seed) with

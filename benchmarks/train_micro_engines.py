@@ -9,7 +9,7 @@ the loss curves' means over windows of 50 steps, and whether the final IoUs agre
 step-for-step equal in float32 (a flipped pixel moves a click): what is compared is where
 training gets, not the path. Nor is the torch engine equal to itself: two of its runs from the
 same init and batches first differ by one float32 ulp of the loss after some 20 steps, and
-their final point IoUs on 300 scenes differed by up to 0.017 over three seeds
+their final point IoUs on 300 scenes differed by up to 0.017 over four seeds
 (``benchmarks/RESULTS.md``, 2026-12-07). One pair of runs measures the engines' difference plus
 that spread.
 

@@ -4,7 +4,7 @@ on the official encoder exported with ``torch.onnx.export`` (opset 17), all with
 One command prints everything:
 
     python benchmarks/encoder.py [--model vit_b] [--repeats 3] [--threads N] [--sides minisam,official,onnxruntime]
-                                 [--profile] [--sweep] [--keep-blas-env]
+                                 [--profile] [--sweep] [--gemm-ceiling] [--keep-blas-env]
 
 A first subprocess builds a randomized official model (``minisam.reference.official``), saves it as a
 .pth and exports its image encoder to ONNX. Each side then runs in its own worker subprocess (so each
@@ -31,6 +31,9 @@ LayerNorm, the neck, the rest), once per windowed-attention variant (``--window-
 ``blas`` batched GEMMs, ``numba`` one task per window and head): time, share, GFLOP and GFLOP/s.
 ``--sweep``: the global attention alone on random inputs of the model's global-block shape, for
 several key-block and score-budget settings (``kernels.attention.block_sizes``).
+``--gemm-ceiling``: every GEMM of one forward alone, at the encoder's shapes and threading, on random
+inputs (:func:`gemm_ceiling`): their summed time is what the encoder would take if all else were
+free, so their share of the peak is the most the encoder can reach with this BLAS.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (add_worker_args, answer, ask, describe_worker, fmt_times, header, interleaved,  # noqa: E402
@@ -94,7 +99,6 @@ def vm_hwm_mb() -> float:
 
 def gemm_peak_gflops(n: int, repeats: int = 3) -> float:
     """This machine's float32 GEMM speed through NumPy's BLAS: [n, n] x [n, n], best of ``repeats``."""
-    import numpy as np
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.T.copy()
     a @ b
@@ -163,7 +167,6 @@ def setup(side: str, model: str, checkpoint: str, onnx_path: str, gemm_n: int):
             return predictor.get_image_embedding().float().numpy()
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     else:
-        import numpy as np
         import onnxruntime as ort
         from minisam.utils.transforms import ResizeLongestSide, preprocess
         opts = ort.SessionOptions()
@@ -197,7 +200,6 @@ def setup(side: str, model: str, checkpoint: str, onnx_path: str, gemm_n: int):
 
 def serve(args) -> None:
     """Worker loop: set up, report, then one timed set_image per "run"; "save PATH", "profile VARIANT", "sweep"."""
-    import numpy as np
     run, embedding, info, extra = setup(args.worker, args.model, args.checkpoint, args.onnx, args.gemm_n)
     answer(info)
     for line in sys.stdin:
@@ -213,6 +215,8 @@ def serve(args) -> None:
             answer(profile_forward(make_config(args.model), cmd[1], extra["params"], extra["x"]))
         elif cmd[:1] == ["sweep"]:
             answer(sweep_global_attention(make_config(args.model)))
+        elif cmd[:1] == ["ceiling"]:
+            answer(gemm_ceiling(make_config(args.model)))
         else:
             break
 
@@ -320,7 +324,6 @@ def profile_forward(cfg, window_attention: str, params, x) -> dict:
 
 def sweep_global_attention(cfg, repeats: int = 3) -> dict:
     """The global attention alone, on random [nH, G*G, hd] inputs, per (key rows, score budget)."""
-    import numpy as np
     from minisam.kernels.attention import block_sizes, flash_attention_rel_pos
     G, nH = cfg.image_embedding_size, cfg.encoder_num_heads
     hd, T = cfg.encoder_embed_dim // nH, G * G
@@ -338,6 +341,78 @@ def sweep_global_attention(cfg, repeats: int = 3) -> dict:
     return dict(rows=rows, shape=[nH, T, hd])
 
 
+def _attention_gemms_only(lo, hi, q, k, v, calls, q_rows, k_rows, kw):
+    """Tasks [lo, hi) of ``kernels.attention._flash_tasks`` with only its two GEMMs per key block."""
+    A, T, hd = q.shape
+    n_qb = -(-T // q_rows)
+    S = np.empty((calls, q_rows, k_rows * kw), np.float32)                     # [calls, r, kb*kw]
+    PV = np.empty((calls, q_rows, hd), np.float32)                             # [calls, r, hd]
+    for task in range(lo, hi):
+        g, qb = divmod(task, n_qb)
+        n0, i0 = g * calls, qb * q_rows
+        n1, i1 = min(A, n0 + calls), min(T, i0 + q_rows)
+        for j0 in range(0, T, k_rows * kw):
+            j1 = min(T, j0 + k_rows * kw)
+            s = S[:n1 - n0, :i1 - i0, :j1 - j0]
+            np.matmul(q[n0:n1, i0:i1], k[n0:n1, j0:j1].transpose(0, 2, 1), out=s)
+            np.matmul(s, v[n0:n1, j0:j1], out=PV[:n1 - n0, :i1 - i0])
+
+
+def gemm_ceiling(cfg, repeats: int = 3) -> dict:
+    """The encoder's GEMMs alone, at the shapes and with the threading the fast path gives them, on
+    random inputs: every linear layer (one GEMM, BLAS's threads), the attention's two GEMMs per
+    block of the blocked attention (``block_sizes``; minisam's threads, BLAS held to one thread
+    each), the rel-pos products (``kernels.layers.rel_pos_terms``) and the neck's two convs.
+    Their sum, best of ``repeats`` per shape times its count per forward, is the time the encoder
+    would take if everything between the GEMMs were free: the ceiling of its share of the GEMM
+    peak with this BLAS. {"rows": [{op, shape, count, seconds, gflop}], ...}."""
+    from minisam.kernels.attention import block_sizes
+    from minisam.kernels.layers import rel_pos_terms
+    from minisam.kernels.threads import parallel_blas
+    D, G, P, C = cfg.encoder_embed_dim, cfg.image_embedding_size, cfg.patch_size, cfg.prompt_embed_dim
+    nH, M = cfg.encoder_num_heads, cfg.encoder_mlp_dim
+    hd, T, w = D // nH, G * G, cfg.window_size
+    Gp = -(-G // w) * w
+    n_glob = sum(1 for i in range(cfg.encoder_depth) if cfg.block_window_size(i) == 0)
+    n_win = cfg.encoder_depth - n_glob
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    def best(fn):
+        fn()
+        return min(timed(fn)[1] for _ in range(repeats))
+
+    rows = []
+
+    def add(op, shape, count, flop, fn):
+        rows.append(dict(op=op, shape=shape, count=count, seconds=best(fn), gflop=flop / 1e9))
+
+    for op, m, kk, n, count in (("linear: patch embed", T, 3 * P * P, D, 1),
+                                ("linear: qkv, global", T, D, 3 * D, n_glob), ("linear: qkv, windowed", Gp * Gp, D, 3 * D, n_win),
+                                ("linear: proj, global", T, D, D, n_glob), ("linear: proj, windowed", Gp * Gp, D, D, n_win),
+                                ("linear: mlp lin1", T, D, M, cfg.encoder_depth), ("linear: mlp lin2", T, M, D, cfg.encoder_depth),
+                                ("neck: 1x1 conv", T, D, C, 1), ("neck: 3x3 conv (im2col)", T, 9 * C, C, 1)):
+        a, b = rand(m, kk), rand(n, kk).T
+        add(op, f"[{m}, {kk}] x [{kk}, {n}]", count, 2.0 * m * kk * n, lambda a=a, b=b: a @ b)
+    for op, A, side, count in (("attention GEMMs, global", nH, G, n_glob), ("attention GEMMs, windowed", nH * (Gp // w) ** 2, w, n_win)):
+        if count == 0:
+            continue
+        Tq = side * side
+        q, k, v = rand(A, Tq, hd), rand(A, Tq, hd), rand(A, Tq, hd)
+        calls, q_rows, k_rows = block_sizes(A, Tq, side, side)
+        n_tasks = -(-A // calls) * -(-Tq // q_rows)
+        add(op, f"{A} x [{Tq}, {hd}], blocks {calls}x{q_rows}x{k_rows * side}", count, 4.0 * A * Tq * Tq * hd,
+            lambda q=q, k=k, v=v, args=(calls, q_rows, k_rows, side), n=n_tasks: parallel_blas(
+                _attention_gemms_only, n, q, k, v, *args))
+        qg, Rh, Rw = rand(A, side, side, hd), rand(side, side, hd), rand(side, side, hd)
+        add("rel-pos terms" + op[len("attention GEMMs"):], f"{A} x [{side}, {side}, {hd}]", count,
+            2.0 * A * Tq * 2 * side * hd, lambda qg=qg, Rh=Rh, Rw=Rw: rel_pos_terms(qg, Rh, Rw))
+    return dict(rows=rows, seconds=sum(r["seconds"] * r["count"] for r in rows),
+                gflop=sum(r["gflop"] * r["count"] for r in rows))
+
+
 # --------------------------------------------------------------------------- the parent
 
 def main(argv=None) -> int:
@@ -350,6 +425,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="per-op time and GFLOP/s of one minisam forward")
     ap.add_argument("--window-attention", default="blas,numba", help="variants to profile: blas, numba")
     ap.add_argument("--sweep", action="store_true", help="global attention alone, per block setting")
+    ap.add_argument("--gemm-ceiling", action="store_true",
+                    help="the encoder's GEMMs alone at its shapes: the share of the peak it could reach")
     ap.add_argument("--onnx", help=argparse.SUPPRESS)
     add_worker_args(ap, workers=SIDES + ("prepare",))
     args = ap.parse_args(argv)
@@ -360,7 +437,6 @@ def main(argv=None) -> int:
         serve(args)
         return 0
 
-    import numpy as np
     cfg = make_config(args.model)
     if args.sides is None:
         import importlib.util
@@ -407,6 +483,7 @@ def main(argv=None) -> int:
                 for variant in [v.strip() for v in args.window_attention.split(",") if v.strip()]:
                     profiles.append(ask(procs["minisam"], "profile " + variant))
             sweep = ask(procs["minisam"], "sweep") if args.sweep else None
+            ceiling = ask(procs["minisam"], "ceiling") if args.gemm_ceiling else None
     peak = info["minisam"]["gemm_gflops"]
     print(f"\nthis machine's float32 GEMM peak: {peak:.0f} GFLOP/s (NumPy sgemm {args.gemm_n}^3, best of 3, "
           f"in the minisam worker)")
@@ -443,8 +520,25 @@ def main(argv=None) -> int:
         for r in sweep["rows"]:
             print(f"  key rows {r['key_rows']:3d}, budget {r['budget']:>8d} floats {str(tuple(r['blocks'])):>16s}: "
                   f"{r['seconds'] * 1e3:8.1f} ms  {r['gflops']:6.1f} GFLOP/s = {r['gflops'] / peak:.0%} of peak")
+    if ceiling:
+        print_ceiling(ceiling, peak, gflop, em)
     print_ending()
     return 0
+
+
+def print_ceiling(c: dict, peak: float, gflop: float, encoder_s: float) -> None:
+    print("\nthe encoder's GEMMs alone, at its shapes and threading (best of 3 each, random inputs):")
+    print(f"  {'GEMM':<34s} {'shape':<44s} {'count':>5s} {'seconds':>8s} {'GFLOP/s':>8s} {'of peak':>7s}")
+    for r in c["rows"]:
+        rate = r["gflop"] / r["seconds"]
+        print(f"  {r['op']:<34s} {r['shape']:<44s} {r['count']:5d} {r['seconds'] * r['count']:8.3f} {rate:8.1f} "
+              f"{rate / peak:7.0%}")
+    rate = c["gflop"] / c["seconds"]
+    print(f"  all GEMMs of one forward: {c['gflop']:.1f} GFLOP in {c['seconds']:.3f} s = {rate:.1f} GFLOP/s = "
+          f"{rate / peak:.0%} of the GEMM peak: the encoder's ceiling with this BLAS (everything else free)")
+    print(f"  the whole encoder (median above): {encoder_s:.3f} s; outside these GEMMs: {encoder_s - c['seconds']:.3f} s "
+          f"({(encoder_s - c['seconds']) / encoder_s:.0%}); 80% of the peak needs the encoder in "
+          f"{gflop / (0.8 * peak):.3f} s")
 
 
 def print_profile(p: dict, peak: float) -> None:

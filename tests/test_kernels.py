@@ -215,6 +215,45 @@ def test_thread_count_does_not_change_a_bit():
             assert np.array_equal(a, ref)
 
 
+def test_parallel_blas_holds_blas_to_one_thread_inside_its_tasks():
+    """Each chunk of ``parallel_blas`` runs its GEMMs with BLAS on one thread, so that the two
+    pools never nest; afterwards BLAS has its thread count back. With one minisam thread the
+    tasks run in one call, BLAS threading its own GEMMs. The rel-pos GEMMs give the same bits
+    on 1, 2 and 3 threads (each call's products are the same GEMMs)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from minisam.kernels.threads import get_num_threads, parallel_blas, set_num_threads
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+    def tasks(lo, hi, seen):
+        seen.append((lo, hi, blas_threads()))
+
+    rng = np.random.default_rng(0)
+    q, Rh, Rw = _arr(rng, (5, 6, 7, 8)), _arr(rng, (6, 4, 8)), _arr(rng, (7, 3, 8))   # [A, qh, qw, hd], ...
+    before = get_num_threads()
+    try:
+        set_num_threads(2)
+        seen = []
+        parallel_blas(tasks, 4, seen)
+        assert sorted(s[:2] for s in seen) == [(0, 2), (2, 4)]
+        assert all(set(s[2]) == {1} for s in seen)
+        assert set(blas_threads()) == {2}
+        set_num_threads(1)
+        seen = []
+        parallel_blas(tasks, 4, seen)
+        assert [s[:2] for s in seen] == [(0, 4)]
+        terms = []
+        for n in (1, 2, 3):
+            set_num_threads(n)
+            terms.append(K.rel_pos_terms(q, Rh, Rw))
+    finally:
+        set_num_threads(before)
+    for got in terms[1:]:
+        for a, ref in zip(got, terms[0]):
+            assert np.array_equal(a, ref)
+
+
 def test_parallel_for_raises_what_a_task_raises():
     from minisam.kernels.threads import get_num_threads, parallel_for, set_num_threads
 

@@ -1,4 +1,5 @@
-"""The Numba rel-pos kernel (``kernels.rel_pos_terms``) equals its NumPy twin (two einsums).
+"""The fast rel-pos terms (``kernels.rel_pos_terms``, batched GEMMs on strided views) equal their NumPy
+twin (two einsums).
 
 Tolerance: both sum hd float32 products; the twin's einsum may order (and pair) the sum
 differently, so they differ by a few ulps of the largest partial sum:

@@ -30,7 +30,7 @@ score rows (4096 keys each for vit_b) outgrow L2 and go out to memory and back t
 GEMMs are [r, hd] x [hd, kb kw] and [r, kb kw] x [kb kw, hd], shapes BLAS runs near its peak
 (r = 256, kb kw = 1024 for vit_b).
 
-Threads: the tasks are split over minisam's threads (:func:`minisam.kernels.threads.parallel_for`);
+Threads: the tasks are split over minisam's threads (:func:`minisam.kernels.threads.parallel_blas`);
 each thread runs its own GEMMs with BLAS held to one thread meanwhile (threadpoolctl), so the two
 pools never nest. Without threadpoolctl the tasks run on the calling thread and each GEMM uses
 BLAS's own threads.
@@ -50,7 +50,7 @@ import numpy as np
 
 from minisam.kernels.jit import njit
 from minisam.kernels.layers import _SUM_LANES, _exp_parts, _exp_shifted_, _row_max
-from minisam.kernels.threads import get_num_threads, parallel_for
+from minisam.kernels.threads import parallel_blas
 
 SCORE_BUDGET = 1 << 18  # scores per task block (1 MiB of float32): 256 query rows x 1024 keys, L2-sized
 KEY_ROWS = 16           # key-grid rows per key block: 1024 keys of vit_b's 64-wide global grid
@@ -206,21 +206,6 @@ def _flash_tasks(lo, hi, q, k, v, rel_h, rel_w, out, calls, q_rows, k_rows):
             _rescale_accumulate_kernel(O, PV, alpha, l, nc, nr, a0 == 0, a1 == kh, out, n0, i0)
 
 
-_controller = None
-
-
-def _one_blas_thread():
-    """A context that holds BLAS to one thread (threadpoolctl), or None without threadpoolctl."""
-    global _controller
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    if _controller is None:
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
-
-
 def flash_attention_rel_pos(q, k, v, rel_h, rel_w, key_rows=KEY_ROWS, score_budget=SCORE_BUDGET):
     """softmax(q k^T + decomposed rel-pos) v in blocks, never holding more than ``score_budget``
     scores per thread (the module docstring gives the algorithm).
@@ -240,10 +225,5 @@ def flash_attention_rel_pos(q, k, v, rel_h, rel_w, key_rows=KEY_ROWS, score_budg
     calls, q_rows, k_rows = block_sizes(A, T, kh, kw, key_rows, score_budget)
     n_tasks = -(-A // calls) * -(-T // q_rows)
     args = (q, k, v, rel_h, rel_w, out, calls, q_rows, k_rows)
-    limiter = _one_blas_thread() if get_num_threads() > 1 and n_tasks > 1 else None
-    if limiter is None:
-        _flash_tasks(0, n_tasks, *args)        # one thread of tasks; BLAS threads its own GEMMs
-    else:
-        with limiter:
-            parallel_for(_flash_tasks, n_tasks, *args)
+    parallel_blas(_flash_tasks, n_tasks, *args)
     return out

@@ -21,7 +21,8 @@ What is fused here, and why:
   as one Numba task per (window, head) with the scores kept in cache
   (``kernels.layers.attention_rel_pos``, ``"numba"``); ``benchmarks/encoder.py --profile``
   times both;
-- the rel-pos terms are one Numba pass over q (``kernels.layers.rel_pos_terms``);
+- the rel-pos terms are batched BLAS GEMMs on strided views of q, split over minisam's threads
+  (``kernels.layers.rel_pos_terms``);
 - the neck runs channels-last: the 3x3 conv as im2col and one GEMM.
 """
 
@@ -108,8 +109,8 @@ def rel_pos_terms(q, rel_pos_h, rel_pos_w, hw):
 
     q [A, T, hd] with T = h*w (A = calls x heads) -> rel_h [A, T, h], rel_w [A, T, w]:
     rel_h[n, (y, x), k] = q[n, y, x] . Rh[y, k];  rel_w[n, (y, x), k] = q[n, y, x] . Rw[x, k].
-    One Numba pass over q (``kernels.layers.rel_pos_terms``): as batched BLAS these small products
-    cost ~0.5 s per block, mostly in thread hand-offs and transposes.
+    Batched GEMMs, one per (call, query row) and one per (call, query column), read and written
+    through strided views (``kernels.layers.rel_pos_terms``).
     """
     h, w = hw
     N, T, hd = q.shape

@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from minisam.kernels.jit import njit
-from minisam.kernels.threads import parallel_for
+from minisam.kernels.threads import parallel_blas, parallel_for
 
 _SQRT1_2 = np.float32(1.0 / math.sqrt(2.0))
 
@@ -549,44 +549,30 @@ def rel_pos_terms_numpy(q, Rh, Rw):
     return rel_h.astype(np.float32), rel_w.astype(np.float32)
 
 
-@njit
-def _rel_pos_kernel(lo, hi, q, RhT, RwT, rel_h, rel_w):  # tasks [lo, hi); [A,qh,qw,hd], [qh,hd,kh], [qw,hd,kw], [A,qh,qw,kh], [A,qh,qw,kw]
-    N, h, w, hd = q.shape
-    kh = RhT.shape[2]
-    kw = RwT.shape[2]
-    for task in range(lo, hi):                 # one (call, query row y) per task
-        n = task // h
-        y = task % h
-        for x in range(w):
-            oh = rel_h[n, y, x]
-            ow = rel_w[n, y, x]
-            for a in range(kh):
-                oh[a] = 0
-            for b in range(kw):
-                ow[b] = 0
-            for c in range(hd):                # sequential over hd; vectorized over the keys
-                qc = q[n, y, x, c]
-                rh = RhT[y, c]
-                rw = RwT[x, c]
-                for a in range(kh):
-                    oh[a] += qc * rh[a]
-                for b in range(kw):
-                    ow[b] += qc * rw[b]
+def _rel_pos_gemms(lo, hi, q, RhT, RwT, rel_h, rel_w):  # calls [lo, hi); [A,qh,qw,hd], [qh,hd,kh], [qw,hd,kw], [A,qh,qw,kh], [A,qh,qw,kw]
+    """Both terms for calls lo:hi, as batched GEMMs on strided views: nothing is transposed in memory."""
+    np.matmul(q[lo:hi], RhT, out=rel_h[lo:hi])                           # [n, qh, qw, kh]: per (call, y) [qw, hd] x [hd, kh]
+    np.matmul(q[lo:hi].transpose(0, 2, 1, 3), RwT,
+              out=rel_w[lo:hi].transpose(0, 2, 1, 3))                    # [n, qw, qh, kw]: per (call, x) [qh, hd] x [hd, kw]
 
 
 def rel_pos_terms(q, Rh, Rw):
-    """Both decomposed rel-pos terms in one pass over q, one Numba task per (call, row).
+    """Both decomposed rel-pos terms, as batched BLAS GEMMs split over minisam's threads by call.
 
-    As batched BLAS these are thousands of [qw, hd] x [hd, kh] products (kh = 14 or 64):
-    too small for BLAS threads, and the transposes around them cost more than the math.
+    rel_h is one [qw, hd] x [hd, kh] product per (call, query row y), with Rh[y]; rel_w one
+    [qh, hd] x [hd, kw] product per (call, query column x), with Rw[x], read through a transposed
+    view of q and written through one of rel_w: the strides are BLAS leading dimensions, so no
+    copy is made. The products are small (64 x 64 x 64 for a vit_b global head, 14 x 64 x 14 in a
+    window), too small for BLAS's own threads, so each of minisam's threads runs whole calls with
+    BLAS held to one thread (:func:`minisam.kernels.threads.parallel_blas`).
     q [A, qh, qw, hd] UNSCALED, Rh [qh, kh, hd], Rw [qw, kw, hd] -> rel_h [A, qh, qw, kh], rel_w [A, qh, qw, kw]:
     rel_h[n, y, x, k] = q[n, y, x] . Rh[y, k];  rel_w[n, y, x, k] = q[n, y, x] . Rw[x, k].
     """
     q = _f32(q)
     N, h, w, _ = q.shape
-    RhT = np.ascontiguousarray(_f32(Rh).transpose(0, 2, 1))              # [qh, hd, kh]
-    RwT = np.ascontiguousarray(_f32(Rw).transpose(0, 2, 1))              # [qw, hd, kw]
+    RhT = _f32(Rh).transpose(0, 2, 1)                                    # [qh, hd, kh] view
+    RwT = _f32(Rw).transpose(0, 2, 1)                                    # [qw, hd, kw] view
     rel_h = np.empty((N, h, w, RhT.shape[2]), np.float32)                # [A, qh, qw, kh]
     rel_w = np.empty((N, h, w, RwT.shape[2]), np.float32)                # [A, qh, qw, kw]
-    parallel_for(_rel_pos_kernel, N * h, q, RhT, RwT, rel_h, rel_w)
+    parallel_blas(_rel_pos_gemms, N, q, RhT, RwT, rel_h, rel_w)
     return rel_h, rel_w

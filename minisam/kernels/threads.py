@@ -15,8 +15,8 @@ threads on a laptop. ``set_num_threads(n)`` sets both:
 
 The two pools do meet in one place: after each call, OpenBLAS keeps its idle threads spinning
 for 2^28 CPU cycles (~0.1 s) in case another call follows, and minisam follows most GEMMs with
-a Numba kernel on the same cores. Measured on 2 cores (AMD EPYC, OpenBLAS 0.3.31 SkylakeX), the
-rel-pos kernel took 35 ms right after a GEMM and 18 ms after a pause, and vit_b's ``set_image``
+a Numba kernel on the same cores. Measured on 2 cores (AMD EPYC, OpenBLAS 0.3.31 SkylakeX), a
+Numba kernel that took 18 ms after a pause took 35 ms right after a GEMM, and vit_b's ``set_image``
 3.74 s against 3.26 s with the spin shortened. ``OPENBLAS_THREAD_TIMEOUT=n`` sets the spin to
 2^n cycles, and OpenBLAS reads it once, when NumPy loads it: so ``import minisam`` sets it to
 :data:`OPENBLAS_SPIN_EXPONENT` if it is unset and NumPy is not imported yet (the ``minisam``
@@ -94,8 +94,9 @@ def _executor():
 def parallel_for(kernel: Callable, n_tasks: int, *args) -> None:
     """Run ``kernel(lo, hi, *args)`` over the tasks ``[0, n_tasks)``, split in contiguous chunks.
 
-    One chunk per thread; the calling thread runs the first. ``kernel`` must be a ``nogil``
-    Numba function (``minisam.kernels.jit.njit`` makes them so) whose tasks write disjoint output.
+    One chunk per thread; the calling thread runs the first. ``kernel`` must release the GIL for
+    most of its time, a ``nogil`` Numba function (``minisam.kernels.jit.njit`` makes them so) or
+    Python around NumPy's GEMMs (:func:`parallel_blas`), and its tasks must write disjoint output.
     With one thread, or a single task, it is one plain call.
     """
     threads = min(_kernel_threads, n_tasks)
@@ -112,6 +113,38 @@ def parallel_for(kernel: Callable, n_tasks: int, *args) -> None:
     for err in errors:
         if err is not None:
             raise err
+
+
+_controller = None  # the threadpoolctl controller of parallel_blas, found once (scanning the libraries is slow)
+
+
+def _one_blas_thread():
+    """A context that holds BLAS to one thread (threadpoolctl), or None without threadpoolctl."""
+    global _controller
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
+
+
+def parallel_blas(tasks: Callable, n_tasks: int, *args) -> None:
+    """:func:`parallel_for` for Python functions whose tasks are small BLAS GEMMs.
+
+    Each of minisam's threads runs its chunk of tasks with BLAS held to one thread meanwhile
+    (threadpoolctl), so that the two pools never nest: GEMMs too small to gain from BLAS's own
+    threads run side by side instead. ``np.matmul`` releases the GIL, so the Python threads do
+    run in parallel. With one thread, one task, or no threadpoolctl: a single call, BLAS
+    threading its own GEMMs.
+    """
+    limiter = _one_blas_thread() if _kernel_threads > 1 and n_tasks > 1 else None
+    if limiter is None:
+        tasks(0, n_tasks, *args)
+        return
+    with limiter:
+        parallel_for(tasks, n_tasks, *args)
 
 
 def set_num_threads(n: Optional[int] = None) -> int:

@@ -27,7 +27,7 @@ load average before and after.
 
 ``--profile``: after the timed runs, one encoder forward in the minisam worker with every op type
 timed (GEMMs of the linear layers, global attention, windowed attention, rel-pos terms, GELU,
-LayerNorm, the neck, the rest), once per windowed-attention variant (``--window-attention``:
+LayerNorm, the copies of q/k/v into the attention calls and back, the neck, the rest), once per windowed-attention variant (``--window-attention``:
 ``blas`` batched GEMMs, ``numba`` one task per window and head): time, share, GFLOP and GFLOP/s.
 ``--sweep``: the global attention alone on random inputs of the model's global-block shape, for
 several key-block and score-budget settings (``kernels.attention.block_sizes``).
@@ -58,7 +58,9 @@ SWEEP = [(16, 1 << 18), (8, 1 << 17), (16, 1 << 17), (32, 1 << 19), (64, 1 << 18
 
 
 def encoder_flops(cfg) -> float:
-    """FLOPs of one ImageEncoderViT forward (pad tokens included, as they are computed)."""
+    """FLOPs of one encoder forward as minisam runs it: the windowed attention on the padded windows,
+    the projections on the real tokens only (``kernels.image_encoder.attention``; the official code
+    also projects the pad tokens, 3% more at vit_b: lesson 08)."""
     return float(sum(encoder_op_flops(cfg).values()))
 
 
@@ -75,7 +77,7 @@ def encoder_op_flops(cfg) -> dict:
             Tp, span, kh = side * side, w * w, w                      # padded tokens, keys per query, key rows
         else:
             Tp, span, kh = T, T, G
-        f["linear"] += 2 * Tp * D * 3 * D + 2 * Tp * D * D            # qkv, proj
+        f["linear"] += 2 * T * D * 3 * D + 2 * T * D * D              # qkv, proj: real tokens only
         f["windowed attention" if w else "global attention"] += 2 * 2 * Tp * span * D  # q k^T, p v; all heads
         f["rel-pos terms"] += 2 * Tp * 2 * kh * D                     # q . Rh and q . Rw, all heads
         f["linear"] += 2 * 2 * T * D * cfg.encoder_mlp_dim            # lin1, lin2
@@ -243,7 +245,7 @@ def prepare(args) -> None:
 # --------------------------------------------------------------------------- profile
 
 PROFILED = ("linear", "_chunked_attention", "attention_rel_pos", "rel_pos_dot_products", "gelu", "layer_norm",
-            "add_layer_norm", "neck")
+            "add_layer_norm", "split_heads", "merge_heads", "neck")
 
 
 def profile_forward(cfg, window_attention: str, params, x) -> dict:
@@ -293,6 +295,8 @@ def profile_forward(cfg, window_attention: str, params, x) -> dict:
                 add("GELU", dt, 0.0, a[0].size)
             elif name in ("layer_norm", "add_layer_norm"):
                 add("LayerNorm", dt, 0.0, a[0].size)
+            elif name in ("split_heads", "merge_heads"):
+                add("q/k/v to calls and back (windows, heads: copies)", dt, 0.0, a[0].size)
             else:
                 add("neck", dt, encoder_op_flops(cfg)["neck"])
             return out
@@ -317,7 +321,7 @@ def profile_forward(cfg, window_attention: str, params, x) -> dict:
         for name, fn in real.items():
             setattr(enc, name, fn)
         enc._WINDOW_ATTENTION = saved
-    stats["other (reshapes, window partition, q/k/v copies, residual adds)"] = [
+    stats["other (reshapes, residual adds, allocations)"] = [
         total - sum(s[0] for s in stats.values()), 0.0, 0, 0]
     return dict(stats=stats, total=total, window_attention=window_attention)
 
@@ -389,10 +393,10 @@ def gemm_ceiling(cfg, repeats: int = 3) -> dict:
     def add(op, shape, count, flop, fn):
         rows.append(dict(op=op, shape=shape, count=count, seconds=best(fn), gflop=flop / 1e9))
 
+    depth = cfg.encoder_depth
     for op, m, kk, n, count in (("linear: patch embed", T, 3 * P * P, D, 1),
-                                ("linear: qkv, global", T, D, 3 * D, n_glob), ("linear: qkv, windowed", Gp * Gp, D, 3 * D, n_win),
-                                ("linear: proj, global", T, D, D, n_glob), ("linear: proj, windowed", Gp * Gp, D, D, n_win),
-                                ("linear: mlp lin1", T, D, M, cfg.encoder_depth), ("linear: mlp lin2", T, M, D, cfg.encoder_depth),
+                                ("linear: qkv", T, D, 3 * D, depth), ("linear: proj", T, D, D, depth),
+                                ("linear: mlp lin1", T, D, M, depth), ("linear: mlp lin2", T, M, D, depth),
                                 ("neck: 1x1 conv", T, D, C, 1), ("neck: 3x3 conv (im2col)", T, 9 * C, C, 1)):
         a, b = rand(m, kk), rand(n, kk).T
         add(op, f"[{m}, {kk}] x [{kk}, {n}]", count, 2.0 * m * kk * n, lambda a=a, b=b: a @ b)

@@ -95,6 +95,41 @@ def test_window_partition_roundtrip_matches_official(H, W, w):
     np.testing.assert_array_equal(window_unpartition(ours, w, pad, (H, W)), x)
 
 
+@pytest.mark.parametrize("B,H,W,nH,hd,w", [(2, 8, 8, 2, 3, 3), (1, 7, 5, 3, 4, 5), (2, 6, 6, 1, 5, 3),
+                                           (1, 4, 9, 2, 2, 4), (2, 5, 7, 2, 3, 0), (1, 6, 6, 3, 2, 6)])
+def test_split_and_merge_heads_match_the_official_layout(B, H, W, nH, hd, w):
+    """The fast path's q/k/v of every call (``split_heads``) are those the official block gives:
+    window_partition of the normed tokens (zero padding), the qkv projection of every window token,
+    then ``reshape(B', T, 3, nH, hd).permute(2, 0, 3, 1, 4)``. Pad tokens get exactly the bias;
+    real tokens the same products in one GEMM over the grid (a few ulps). ``merge_heads`` inverts
+    the layout and crops. The Numba kernels equal their NumPy twins bit for bit. w = 0: global."""
+    rng = np.random.default_rng(H * 100 + W * 10 + w)
+    D = nH * hd
+    x = rng.standard_normal((B, H, W, D)).astype(np.float32)                    # [B, G, G, D] normed tokens
+    weight, bias = rng.standard_normal((3 * D, D)).astype(np.float32), rng.standard_normal(3 * D).astype(np.float32)
+    windows, pad_hw = window_partition(x, w) if w else (x, (H, W))             # [B*nW, w, w, D]
+    Bp, wh, ww, _ = windows.shape
+    qkv_ref = enc.linear(windows, weight, bias)                                # [B*nW, w, w, 3D]
+    ref = qkv_ref.reshape(Bp, wh * ww, 3, nH, hd).transpose(2, 0, 3, 1, 4).reshape(3, Bp * nH, wh * ww, hd)
+    qkv = enc.linear(x, weight, bias)                                          # [B, G, G, 3D] real tokens only
+    got = enc.split_heads(qkv, bias, nH, w)                                    # [3, A, T, hd]
+    twin = np.stack(enc.split_heads_numpy(qkv, bias, nH, w))
+    np.testing.assert_array_equal(got, twin)
+    is_pad = np.zeros((B,) + pad_hw, bool)
+    is_pad[:, H:], is_pad[:, :, W:] = True, True
+    pad_calls = (window_partition(is_pad[..., None], w)[0] if w else is_pad[..., None]).reshape(Bp, 1, wh * ww)
+    pad_mask = np.broadcast_to(pad_calls, (Bp, nH, wh * ww)).reshape(Bp * nH, wh * ww)  # [A, T]
+    assert got.shape == ref.shape and (pad_mask.any() == bool(w and (H % w or W % w)))
+    np.testing.assert_array_equal(got[:, pad_mask], ref[:, pad_mask])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+    o = rng.standard_normal(got.shape[1:]).astype(np.float32)                  # [A, T, hd] attention outputs
+    merged = enc.merge_heads(o, nH, (H, W), w)                                 # [B, G, G, D]
+    heads = o.reshape(Bp, nH, wh, ww, hd).transpose(0, 2, 3, 1, 4).reshape(Bp, wh, ww, D)
+    expected = window_unpartition(heads, w, pad_hw, (H, W)) if w else heads
+    np.testing.assert_array_equal(merged, expected)
+    np.testing.assert_array_equal(merged, enc.merge_heads_numpy(o, nH, (H, W), w))
+
+
 @pytest.mark.parametrize("q,k,L", [(7, 7, 13), (7, 7, 27), (14, 14, 9), (5, 5, 4), (64, 64, 27),
                                    (4, 8, 15), (8, 4, 15), (3, 6, 5)])
 def test_get_rel_pos_matches_official(q, k, L):

@@ -35,10 +35,12 @@ import numpy as np
 from minisam.config import SamConfig
 from minisam.errors import ImageError
 from minisam.kernels.attention import KEY_ROWS, SCORE_BUDGET, flash_attention_rel_pos
+from minisam.kernels.jit import njit
 from minisam.kernels.layers import add_layer_norm, attention_rel_pos, gelu, layer_norm
 from minisam.kernels.layers import rel_pos_terms as rel_pos_dot_products
+from minisam.kernels.threads import parallel_for
 from minisam.modeling.common import ENCODER_LN_EPS, LAYER_NORM_2D_EPS
-from minisam.modeling.image_encoder import get_rel_pos, window_partition, window_unpartition
+from minisam.modeling.image_encoder import get_rel_pos
 
 _SCORE_BUDGET = SCORE_BUDGET   # scores per task block of the blocked attention (1 MiB): 256 query rows x
                                # 1024 keys of a global block, or several whole 196-token windows
@@ -122,29 +124,160 @@ def rel_pos_terms(q, rel_pos_h, rel_pos_w, hw):
 
 # --------------------------------------------------------------------------- attention
 
-def attention(p, x, num_heads, trace=None, name="", buffers=None):
-    """Multi-head self-attention with decomposed relative positions (image_encoder.py L185-240).
+def _windows(H, W, window_size):
+    """(wh, ww, nWy, nWx): the attention call's side and the calls per image side. window_size 0 is a
+    global block: one call over the whole H x W grid."""
+    wh, ww = (window_size, window_size) if window_size > 0 else (H, W)
+    return wh, ww, -(-H // wh), -(-W // ww)
 
-    x [B', h, w, D] (B' windows, or images for a global block) -> [B', h, w, D].
-    The scale multiplies q before q k^T; the rel-pos terms use the unscaled q.
+
+def split_heads_numpy(qkv, bias, num_heads, window_size):
+    """NumPy twin of :func:`split_heads`: pad, cut into windows, split q/k/v and heads, as the
+    official block does it (``window_partition``, then ``qkv(x).reshape(...).permute(...)``,
+    image_encoder.py L175, L227-231), but from the projection of the REAL tokens only: a pad token
+    is zero after norm1, so its projection is the qkv bias (0 W^T + b), set here without a product.
+
+    qkv [B, G, G, 3D] of the grid's tokens, bias [3D] -> q, k, v [A, T, hd] each (A = B nW nH in
+    (image, window row, window column, head) order; T = w w, or G G for window_size 0).
     """
-    Bp, h, w, D = x.shape
-    T, hd = h * w, D // num_heads
+    B, H, W, D3 = qkv.shape
+    hd = D3 // 3 // num_heads
+    wh, ww, nWy, nWx = _windows(H, W, window_size)
+    grid = np.empty((B, nWy * wh, nWx * ww, D3), np.float32)               # [B, Gp, Gp, 3D]
+    grid[...] = bias                                                       # pad tokens: the bias
+    grid[:, :H, :W] = qkv
+    win = grid.reshape(B, nWy, wh, nWx, ww, 3, num_heads, hd)              # [B, Gp/w, w, Gp/w, w, 3, nH, hd]
+    win = win.transpose(5, 0, 1, 3, 6, 2, 4, 7)                            # [3, B, Gp/w, Gp/w, nH, w, w, hd]
+    return tuple(np.ascontiguousarray(t).reshape(-1, wh * ww, hd) for t in win)  # [A, T, hd] x 3
+
+
+@njit
+def _split_heads_kernel(lo, hi, qkv, bias, wh, ww, out):  # tasks (call, row) [lo, hi); [B,G,G,3,nH,hd], [3,nH,hd], [3,A,w,w,hd]
+    B, H, W, _, nH, hd = qkv.shape
+    nWy, nWx = -(-H // wh), -(-W // ww)
+    for task in range(lo, hi):
+        a, y = task // wh, task % wh            # call a = ((b nWy + Y) nWx + X) nH + head, its row y
+        h = a % nH
+        X = (a // nH) % nWx
+        Y = (a // (nH * nWx)) % nWy
+        b = a // (nH * nWx * nWy)
+        r = Y * wh + y
+        for x in range(ww):
+            c = X * ww + x
+            for t in range(3):
+                dst = out[t, a, y, x]
+                src = qkv[b, r, c, t, h] if r < H and c < W else bias[t, h]
+                for d in range(hd):
+                    dst[d] = src[d]
+
+
+def split_heads(qkv, bias, num_heads, window_size, out=None):
+    """q, k, v of every attention call, in one pass over the projection: see :func:`split_heads_numpy`
+    (its NumPy twin, tested equal). One Numba task per (call, row of the call), split over minisam's
+    threads: NumPy's transposed copies run on one thread.
+
+    qkv [B, G, G, 3D], bias [3D] -> [3, A, T, hd] (q, k, v); ``out``: a C-contiguous float32 array of
+    that shape to write into.
+    """
+    B, H, W, D3 = qkv.shape
+    hd = D3 // 3 // num_heads
+    wh, ww, nWy, nWx = _windows(H, W, window_size)
+    A = B * nWy * nWx * num_heads
+    if out is None:
+        out = np.empty((3, A, wh * ww, hd), np.float32)                    # [3, A, T, hd]
+    parallel_for(_split_heads_kernel, A * wh, _f32(qkv).reshape(B, H, W, 3, num_heads, hd),
+                 _f32(bias).reshape(3, num_heads, hd), wh, ww, out.reshape(3, A, wh, ww, hd))
+    return out
+
+
+def merge_heads_numpy(o, num_heads, grid_hw, window_size):
+    """NumPy twin of :func:`merge_heads`: heads back to channels, windows back on the grid, the
+    padding cropped (the official ``transpose(1, 2).reshape`` of the heads and ``window_unpartition``,
+    image_encoder.py L236, L267-297), before the output projection.
+
+    o [A, T, hd] (the calls of :func:`split_heads`) -> [B, G, G, D].
+    """
+    H, W = grid_hw
+    A, _, hd = o.shape
+    wh, ww, nWy, nWx = _windows(H, W, window_size)
+    B = A // (nWy * nWx * num_heads)
+    grid = o.reshape(B, nWy, nWx, num_heads, wh, ww, hd).transpose(0, 1, 4, 2, 5, 3, 6)  # [B, Gp/w, w, Gp/w, w, nH, hd]
+    grid = grid.reshape(B, nWy * wh, nWx * ww, num_heads * hd)             # [B, Gp, Gp, D]
+    return np.ascontiguousarray(grid[:, :H, :W])                           # [B, G, G, D]
+
+
+@njit
+def _merge_heads_kernel(lo, hi, o, wh, ww, out):  # tasks (image, grid row) [lo, hi); [A,w,w,hd], [B,G,G,nH,hd]
+    B, H, W, nH, hd = out.shape
+    nWy, nWx = -(-H // wh), -(-W // ww)
+    for task in range(lo, hi):
+        b, r = task // H, task % H
+        Y, y = r // wh, r % wh
+        for c in range(W):
+            X, x = c // ww, c % ww
+            a0 = ((b * nWy + Y) * nWx + X) * nH
+            for h in range(nH):
+                src = o[a0 + h, y, x]
+                dst = out[b, r, c, h]
+                for d in range(hd):
+                    dst[d] = src[d]
+
+
+def merge_heads(o, num_heads, grid_hw, window_size):
+    """The attention calls' outputs back on the grid, in one pass: see :func:`merge_heads_numpy` (its
+    NumPy twin, tested equal); one Numba task per grid row, split over minisam's threads. The pad
+    tokens' outputs are dropped here, before the output projection: the official code projects
+    them and crops after, and a row's projection does not depend on other rows.
+
+    o [A, T, hd] -> [B, G, G, D].
+    """
+    H, W = grid_hw
+    A, _, hd = o.shape
+    wh, ww, nWy, nWx = _windows(H, W, window_size)
+    B = A // (nWy * nWx * num_heads)
+    out = np.empty((B, H, W, num_heads * hd), np.float32)                  # [B, G, G, D]
+    parallel_for(_merge_heads_kernel, B * H, _f32(o).reshape(A, wh, ww, hd), wh, ww,
+                 out.reshape(B, H, W, num_heads, hd))
+    return out
+
+
+def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
+    """Multi-head self-attention with decomposed relative positions (image_encoder.py L185-240), in
+    w x w windows of the zero-padded grid (L166-179) or, with window_size 0, over the whole grid.
+
+    x [B, G, G, D] = norm1 of the residual stream -> [B, G, G, D], the attention's output on the
+    grid (windows unpartitioned, padding cropped). The projections run on the G x G real tokens
+    only: a pad token's qkv is the bias (its input is zero), and its output is cropped, so neither
+    needs a product (the official code runs both on the padded grid: 20% more tokens at vit_b's
+    64 -> 70). The scale multiplies q before q k^T; the rel-pos terms use the unscaled q.
+    With a ``trace``, the official modules' outputs are recorded as they give them: qkv and proj
+    per window, pad tokens included (that proj runs on the pad tokens for the record only).
+    """
+    B, H, W, D = x.shape
+    hd = D // num_heads
+    wh, ww, nWy, nWx = _windows(H, W, window_size)
+    A, T = B * nWy * nWx * num_heads, wh * ww
     qkv = linear(x, p["qkv"]["weight"], p["qkv"]["bias"],
-                 _buffer(buffers, "qkv", (Bp, h, w, 3 * D)))                # [B', h, w, 3D]
-    _put(trace, name + ".qkv", qkv)
-    qkv = qkv.reshape(Bp, T, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)    # [3, B', nH, T, hd]
-    q, k, v = (_f32(t).reshape(Bp * num_heads, T, hd) for t in qkv)        # [A, T, hd] each
-    rel_h, rel_w = rel_pos_terms(q, p["rel_pos_h"], p["rel_pos_w"], (h, w))  # [A, T, h], [A, T, w]
+                 _buffer(buffers, "qkv", (B, H, W, 3 * D)))                 # [B, G, G, 3D] real tokens
+    heads = split_heads(qkv, p["qkv"]["bias"], num_heads, window_size,
+                        _buffer(buffers, "qkv.heads", (3, A, T, hd)))      # [3, A, T, hd]
+    q, k, v = heads                                                        # [A, T, hd] each, contiguous
+    if trace is not None:
+        qkv_windows = heads.reshape(3, A // num_heads, num_heads, wh, ww, hd).transpose(1, 3, 4, 0, 2, 5)
+        _put(trace, name + ".qkv", qkv_windows.reshape(-1, wh, ww, 3 * D))  # [B*nW, w, w, 3D]
+    rel_h, rel_w = rel_pos_terms(q, p["rel_pos_h"], p["rel_pos_w"], (wh, ww))  # [A, T, w], [A, T, w]
     q *= np.float32(hd ** -0.5)                                            # [A, T, hd] scaled after rel-pos
     if T <= _SMALL_T and _WINDOW_ATTENTION == "numba":
         out = attention_rel_pos(q, k, v, rel_h, rel_w)                     # [A, T, hd] one task per call
     else:
-        out = _chunked_attention(q, k, v, rel_h, rel_w, (h, w))            # [A, T, hd]
-    heads = out.reshape(Bp, num_heads, h, w, hd).transpose(0, 2, 3, 1, 4)  # [B', h, w, nH, hd]
-    y = linear(heads.reshape(Bp, h, w, D), p["proj"]["weight"], p["proj"]["bias"])  # [B', h, w, D]
-    _put(trace, name + ".proj", y)
-    _put(trace, name, y)
+        out = _chunked_attention(q, k, v, rel_h, rel_w, (wh, ww))          # [A, T, hd]
+    y = linear(merge_heads(out, num_heads, (H, W), window_size),
+               p["proj"]["weight"], p["proj"]["bias"])                     # [B, G, G, D]
+    if trace is not None:
+        per_call = out.reshape(A // num_heads, num_heads, wh, ww, hd).transpose(0, 2, 3, 1, 4)
+        proj = linear(per_call.reshape(-1, wh, ww, D), p["proj"]["weight"], p["proj"]["bias"])  # [B*nW, w, w, D]
+        _put(trace, name + ".proj", proj)
+        _put(trace, name, proj)
     return y
 
 
@@ -172,12 +305,7 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
     """
     B, H, W, D = x.shape
     _put(trace, name + ".norm1", x_norm1)
-    if window_size > 0:
-        windows, pad_hw = window_partition(x_norm1, window_size)           # [B*nW, w, w, D]
-        a = attention(p["attn"], windows, num_heads, trace, name + ".attn", buffers)  # [B*nW, w, w, D]
-        a = window_unpartition(a, window_size, pad_hw, (H, W))             # [B, G, G, D]
-    else:
-        a = attention(p["attn"], x_norm1, num_heads, trace, name + ".attn", buffers)  # [B, G, G, D]
+    a = attention(p["attn"], x_norm1, num_heads, window_size, trace, name + ".attn", buffers)  # [B, G, G, D]
     x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], eps)  # x += a; [B, G, G, D]
     _put(trace, name + ".norm2", x_norm2)
     mlp = p["mlp"]

@@ -23,6 +23,11 @@ What is fused here, and why:
   times both;
 - the rel-pos terms are batched BLAS GEMMs on strided views of q, split over minisam's threads
   (``kernels.layers.rel_pos_terms``);
+- windows without window_partition: qkv and proj run on the G x G real tokens only, and one
+  Numba pass (``split_heads``) pads with the qkv bias (a zero token's projection), cuts the
+  windows and splits q/k/v and heads into the calls' layout; another (``merge_heads``) puts the
+  heads back on the grid and crops. The official code projects the padded grid (4900 tokens at
+  vit_b against 4096) and copies the same data three more times;
 - the neck runs channels-last: the 3x3 conv as im2col and one GEMM.
 """
 

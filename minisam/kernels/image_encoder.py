@@ -27,7 +27,7 @@ What is fused here, and why:
   Numba pass (``split_heads``) pads with the qkv bias (a zero token's projection), cuts the
   windows and splits q/k/v and heads into the calls' layout; another (``merge_heads``) puts the
   heads back on the grid and crops. The official code projects the padded grid (4900 tokens at
-  vit_b against 4096) and copies the same data three more times;
+  vit_b against 4096);
 - the neck runs channels-last: the 3x3 conv as im2col and one GEMM.
 """
 
@@ -266,11 +266,11 @@ def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
                  _buffer(buffers, "qkv", (B, H, W, 3 * D)))                 # [B, G, G, 3D] real tokens
     heads = split_heads(qkv, p["qkv"]["bias"], num_heads, window_size,
                         _buffer(buffers, "qkv.heads", (3, A, T, hd)))      # [3, A, T, hd]
-    q, k, v = heads                                                        # [A, T, hd] each, contiguous
+    q, k, v = heads                                                        # [A, T, hd] x 3, contiguous
     if trace is not None:
-        qkv_windows = heads.reshape(3, A // num_heads, num_heads, wh, ww, hd).transpose(1, 3, 4, 0, 2, 5)
+        qkv_windows = heads.reshape(3, A // num_heads, num_heads, wh, ww, hd).transpose(1, 3, 4, 0, 2, 5)  # [B*nW, w, w, 3, nH, hd]
         _put(trace, name + ".qkv", qkv_windows.reshape(-1, wh, ww, 3 * D))  # [B*nW, w, w, 3D]
-    rel_h, rel_w = rel_pos_terms(q, p["rel_pos_h"], p["rel_pos_w"], (wh, ww))  # [A, T, w], [A, T, w]
+    rel_h, rel_w = rel_pos_terms(q, p["rel_pos_h"], p["rel_pos_w"], (wh, ww))  # [A, T, kh], [A, T, kw]
     q *= np.float32(hd ** -0.5)                                            # [A, T, hd] scaled after rel-pos
     if T <= _SMALL_T and _WINDOW_ATTENTION == "numba":
         out = attention_rel_pos(q, k, v, rel_h, rel_w)                     # [A, T, hd] one task per call
@@ -279,7 +279,7 @@ def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
     y = linear(merge_heads(out, num_heads, (H, W), window_size),
                p["proj"]["weight"], p["proj"]["bias"])                     # [B, G, G, D]
     if trace is not None:
-        per_call = out.reshape(A // num_heads, num_heads, wh, ww, hd).transpose(0, 2, 3, 1, 4)
+        per_call = out.reshape(A // num_heads, num_heads, wh, ww, hd).transpose(0, 2, 3, 1, 4)  # [B*nW, w, w, nH, hd]
         proj = linear(per_call.reshape(-1, wh, ww, D), p["proj"]["weight"], p["proj"]["bias"])  # [B*nW, w, w, D]
         _put(trace, name + ".proj", proj)
         _put(trace, name, proj)

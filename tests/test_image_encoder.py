@@ -98,11 +98,12 @@ def test_window_partition_roundtrip_matches_official(H, W, w):
 @pytest.mark.parametrize("B,H,W,nH,hd,w", [(2, 8, 8, 2, 3, 3), (1, 7, 5, 3, 4, 5), (2, 6, 6, 1, 5, 3),
                                            (1, 4, 9, 2, 2, 4), (2, 5, 7, 2, 3, 0), (1, 6, 6, 3, 2, 6)])
 def test_split_and_merge_heads_match_the_official_layout(B, H, W, nH, hd, w):
-    """The fast path's q/k/v of every call (``split_heads``) are those the official block gives:
-    window_partition of the normed tokens (zero padding), the qkv projection of every window token,
-    then ``reshape(B', T, 3, nH, hd).permute(2, 0, 3, 1, 4)``. Pad tokens get exactly the bias;
-    real tokens the same products in one GEMM over the grid (a few ulps). ``merge_heads`` inverts
-    the layout and crops. The Numba kernels equal their NumPy twins bit for bit. w = 0: global."""
+    """The fast path's q/k/v of every call (``split_heads``, from x W^T and the bias) are those the
+    official block gives: window_partition of the normed tokens (zero padding), the qkv projection
+    of every window token, then ``reshape(B', T, 3, nH, hd).permute(2, 0, 3, 1, 4)``. Pad tokens get
+    exactly the bias; real tokens the same products in one GEMM over the grid (a few ulps).
+    ``merge_heads`` inverts the layout and crops. The Numba kernels equal their NumPy twins bit for
+    bit. w = 0: global."""
     rng = np.random.default_rng(H * 100 + W * 10 + w)
     D = nH * hd
     x = rng.standard_normal((B, H, W, D)).astype(np.float32)                    # [B, G, G, D] normed tokens
@@ -111,9 +112,9 @@ def test_split_and_merge_heads_match_the_official_layout(B, H, W, nH, hd, w):
     Bp, wh, ww, _ = windows.shape
     qkv_ref = enc.linear(windows, weight, bias)                                # [B*nW, w, w, 3D]
     ref = qkv_ref.reshape(Bp, wh * ww, 3, nH, hd).transpose(2, 0, 3, 1, 4).reshape(3, Bp * nH, wh * ww, hd)
-    qkv = enc.linear(x, weight, bias)                                          # [B, G, G, 3D] real tokens only
-    got = enc.split_heads(qkv, bias, nH, w)                                    # [3, A, T, hd]
-    twin = np.stack(enc.split_heads_numpy(qkv, bias, nH, w))
+    xw = enc.linear(x, weight)                                                 # [B, G, G, 3D] real tokens, no bias
+    got = enc.split_heads(xw, bias, nH, w)                                     # [3, A, T, hd]
+    twin = np.stack(enc.split_heads_numpy(xw, bias, nH, w))
     np.testing.assert_array_equal(got, twin)
     is_pad = np.zeros((B,) + pad_hw, bool)
     is_pad[:, H:], is_pad[:, :, W:] = True, True

@@ -8,9 +8,11 @@ Shapes: ``docs/shapes.md``.
 
 What is fused here, and why:
 - every linear layer is one float32 BLAS GEMM over all tokens; the row kernels of
-  :mod:`minisam.kernels.layers` fuse the bias, GELU, residual add and LayerNorm around them.
-  The MLP's residual add is fused with the NEXT block's norm1 (``block`` takes ``next_norm1``)
-  and the residual stream is updated in place: one pass over [B, G, G, D] instead of three;
+  :mod:`minisam.kernels.layers` fuse the bias, GELU, residual add and LayerNorm around them
+  (the qkv bias is added as q, k, v are cut into the attention calls, the proj bias in the
+  residual add). The MLP's residual add is fused with the NEXT block's norm1 (``block`` takes
+  ``next_norm1``) and the residual stream is updated in place: one pass over [B, G, G, D]
+  instead of three;
 - global attention is blocked and fused in the flash-attention manner
   (:mod:`minisam.kernels.attention`): per (head, block of query rows), the scores of one block
   of keys (one BLAS GEMM), the decomposed rel-pos add, an online softmax, and the value product
@@ -136,29 +138,30 @@ def _windows(H, W, window_size):
     return wh, ww, -(-H // wh), -(-W // ww)
 
 
-def split_heads_numpy(qkv, bias, num_heads, window_size):
-    """NumPy twin of :func:`split_heads`: pad, cut into windows, split q/k/v and heads, as the
-    official block does it (``window_partition``, then ``qkv(x).reshape(...).permute(...)``,
-    image_encoder.py L175, L227-231), but from the projection of the REAL tokens only: a pad token
-    is zero after norm1, so its projection is the qkv bias (0 W^T + b), set here without a product.
+def split_heads_numpy(xw, bias, num_heads, window_size):
+    """NumPy twin of :func:`split_heads`: add the qkv bias, pad, cut into windows, split q/k/v and
+    heads, as the official block does it (``window_partition``, then ``qkv(x).reshape(...).permute(...)``,
+    image_encoder.py L175, L227-231), but from the product of the REAL tokens only: a pad token is
+    zero after norm1, so its projection is the qkv bias (0 W^T + b), set here without a product.
 
-    qkv [B, G, G, 3D] of the grid's tokens, bias [3D] -> q, k, v [A, T, hd] each (A = B nW nH in
-    (image, window row, window column, head) order; T = w w, or G G for window_size 0).
+    xw [B, G, G, 3D] = x W^T of the grid's tokens (the qkv projection without its bias), bias [3D]
+    -> q, k, v [A, T, hd] each (A = B nW nH in (image, window row, window column, head) order;
+    T = w w, or G G for window_size 0).
     """
-    B, H, W, D3 = qkv.shape
+    B, H, W, D3 = xw.shape
     hd = D3 // 3 // num_heads
     wh, ww, nWy, nWx = _windows(H, W, window_size)
     grid = np.empty((B, nWy * wh, nWx * ww, D3), np.float32)               # [B, Gp, Gp, 3D]
     grid[...] = bias                                                       # pad tokens: the bias
-    grid[:, :H, :W] = qkv
+    grid[:, :H, :W] = xw + bias                                            # real tokens: x W^T + b
     win = grid.reshape(B, nWy, wh, nWx, ww, 3, num_heads, hd)              # [B, Gp/w, w, Gp/w, w, 3, nH, hd]
     win = win.transpose(5, 0, 1, 3, 6, 2, 4, 7)                            # [3, B, Gp/w, Gp/w, nH, w, w, hd]
     return tuple(np.ascontiguousarray(t).reshape(-1, wh * ww, hd) for t in win)  # [A, T, hd] x 3
 
 
 @njit
-def _split_heads_kernel(lo, hi, qkv, bias, wh, ww, out):  # tasks (call, row) [lo, hi); [B,G,G,3,nH,hd], [3,nH,hd], [3,A,w,w,hd]
-    B, H, W, _, nH, hd = qkv.shape
+def _split_heads_kernel(lo, hi, xw, bias, wh, ww, out):  # tasks (call, row) [lo, hi); [B,G,G,3,nH,hd], [3,nH,hd], [3,A,w,w,hd]
+    B, H, W, _, nH, hd = xw.shape
     nWy, nWx = -(-H // wh), -(-W // ww)
     for task in range(lo, hi):
         a, y = task // wh, task % wh            # call a = ((b nWy + Y) nWx + X) nH + head, its row y
@@ -171,26 +174,32 @@ def _split_heads_kernel(lo, hi, qkv, bias, wh, ww, out):  # tasks (call, row) [l
             c = X * ww + x
             for t in range(3):
                 dst = out[t, a, y, x]
-                src = qkv[b, r, c, t, h] if r < H and c < W else bias[t, h]
-                for d in range(hd):
-                    dst[d] = src[d]
+                bt = bias[t, h]
+                if r < H and c < W:
+                    src = xw[b, r, c, t, h]
+                    for d in range(hd):
+                        dst[d] = src[d] + bt[d]
+                else:                                # a pad token: its projection is the bias
+                    for d in range(hd):
+                        dst[d] = bt[d]
 
 
-def split_heads(qkv, bias, num_heads, window_size, out=None):
-    """q, k, v of every attention call, in one pass over the projection: see :func:`split_heads_numpy`
-    (its NumPy twin, tested equal). One Numba task per (call, row of the call), split over minisam's
-    threads: NumPy's transposed copies run on one thread.
+def split_heads(xw, bias, num_heads, window_size, out=None):
+    """q, k, v of every attention call, in one pass over the projection, its bias added on the way
+    (one pass less than a GEMM with the bias): see :func:`split_heads_numpy` (its NumPy twin, tested
+    equal). One Numba task per (call, row of the call), split over minisam's threads: NumPy's
+    transposed copies run on one thread.
 
-    qkv [B, G, G, 3D], bias [3D] -> [3, A, T, hd] (q, k, v); ``out``: a C-contiguous float32 array of
-    that shape to write into.
+    xw [B, G, G, 3D] = x W^T, bias [3D] -> [3, A, T, hd] (q, k, v); ``out``: a C-contiguous float32
+    array of that shape to write into.
     """
-    B, H, W, D3 = qkv.shape
+    B, H, W, D3 = xw.shape
     hd = D3 // 3 // num_heads
     wh, ww, nWy, nWx = _windows(H, W, window_size)
     A = B * nWy * nWx * num_heads
     if out is None:
         out = np.empty((3, A, wh * ww, hd), np.float32)                    # [3, A, T, hd]
-    parallel_for(_split_heads_kernel, A * wh, _f32(qkv).reshape(B, H, W, 3, num_heads, hd),
+    parallel_for(_split_heads_kernel, A * wh, _f32(xw).reshape(B, H, W, 3, num_heads, hd),
                  _f32(bias).reshape(3, num_heads, hd), wh, ww, out.reshape(3, A, wh, ww, hd))
     return out
 
@@ -251,7 +260,8 @@ def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
     w x w windows of the zero-padded grid (L166-179) or, with window_size 0, over the whole grid.
 
     x [B, G, G, D] = norm1 of the residual stream -> [B, G, G, D], the attention's output on the
-    grid (windows unpartitioned, padding cropped). The projections run on the G x G real tokens
+    grid (windows unpartitioned, padding cropped) LESS the proj bias, which the caller adds in its
+    residual add (``add_layer_norm``'s ``delta_bias``: one pass less). The projections run on the G x G real tokens
     only: a pad token's qkv is the bias (its input is zero), and its output is cropped, so neither
     needs a product (the official code runs both on the padded grid: 20% more tokens at vit_b's
     64 -> 70). The scale multiplies q before q k^T; the rel-pos terms use the unscaled q.
@@ -262,9 +272,8 @@ def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
     hd = D // num_heads
     wh, ww, nWy, nWx = _windows(H, W, window_size)
     A, T = B * nWy * nWx * num_heads, wh * ww
-    qkv = linear(x, p["qkv"]["weight"], p["qkv"]["bias"],
-                 _buffer(buffers, "qkv", (B, H, W, 3 * D)))                 # [B, G, G, 3D] real tokens
-    heads = split_heads(qkv, p["qkv"]["bias"], num_heads, window_size,
+    xw = linear(x, p["qkv"]["weight"], None, _buffer(buffers, "qkv", (B, H, W, 3 * D)))  # [B, G, G, 3D] real tokens, no bias yet
+    heads = split_heads(xw, p["qkv"]["bias"], num_heads, window_size,
                         _buffer(buffers, "qkv.heads", (3, A, T, hd)))      # [3, A, T, hd]
     q, k, v = heads                                                        # [A, T, hd] x 3, contiguous
     if trace is not None:
@@ -276,8 +285,7 @@ def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
         out = attention_rel_pos(q, k, v, rel_h, rel_w)                     # [A, T, hd] one task per call
     else:
         out = _chunked_attention(q, k, v, rel_h, rel_w, (wh, ww))          # [A, T, hd]
-    y = linear(merge_heads(out, num_heads, (H, W), window_size),
-               p["proj"]["weight"], p["proj"]["bias"])                     # [B, G, G, D]
+    y = linear(merge_heads(out, num_heads, (H, W), window_size), p["proj"]["weight"])  # [B, G, G, D] no bias yet
     if trace is not None:
         per_call = out.reshape(A // num_heads, num_heads, wh, ww, hd).transpose(0, 2, 3, 1, 4)  # [B*nW, w, w, nH, hd]
         proj = linear(per_call.reshape(-1, wh, ww, D), p["proj"]["weight"], p["proj"]["bias"])  # [B*nW, w, w, D]
@@ -310,8 +318,9 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
     """
     B, H, W, D = x.shape
     _put(trace, name + ".norm1", x_norm1)
-    a = attention(p["attn"], x_norm1, num_heads, window_size, trace, name + ".attn", buffers)  # [B, G, G, D]
-    x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], eps)  # x += a; [B, G, G, D]
+    a = attention(p["attn"], x_norm1, num_heads, window_size, trace, name + ".attn", buffers)  # [B, G, G, D] no bias yet
+    x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], eps,
+                             delta_bias=p["attn"]["proj"]["bias"])         # x += a + b; [B, G, G, D]
     _put(trace, name + ".norm2", x_norm2)
     mlp = p["mlp"]
     hidden = linear(x_norm2, mlp["lin1"]["weight"], None,

@@ -27,8 +27,9 @@ load average before and after.
 
 ``--profile``: after the timed runs, one encoder forward in the minisam worker with every op type
 timed (GEMMs of the linear layers, global attention, windowed attention, rel-pos terms, GELU,
-LayerNorm, the copies of q/k/v into the attention calls and back, the neck, the rest), once per windowed-attention variant (``--window-attention``:
-``blas`` batched GEMMs, ``numba`` one task per window and head): time, share, GFLOP and GFLOP/s.
+LayerNorm, the copies of q/k/v into the attention calls and back, the neck, the rest), once per
+windowed-attention variant (``--window-attention``: ``blas`` batched GEMMs, ``numba`` one task
+per window and head): time, share, GFLOP and GFLOP/s.
 ``--sweep``: the global attention alone on random inputs of the model's global-block shape, for
 several key-block and score-budget settings (``kernels.attention.block_sizes``).
 ``--gemm-ceiling``: every GEMM of one forward alone, at the encoder's shapes and threading, on random
@@ -201,7 +202,8 @@ def setup(side: str, model: str, checkpoint: str, onnx_path: str, gemm_n: int):
 
 
 def serve(args) -> None:
-    """Worker loop: set up, report, then one timed set_image per "run"; "save PATH", "profile VARIANT", "sweep"."""
+    """Worker loop: set up, report, then one timed set_image per "run"; "save PATH", "profile VARIANT", "sweep",
+    "ceiling"."""
     run, embedding, info, extra = setup(args.worker, args.model, args.checkpoint, args.onnx, args.gemm_n)
     answer(info)
     for line in sys.stdin:

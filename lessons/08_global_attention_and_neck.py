@@ -362,8 +362,8 @@ def counted_macs(params, c, x_in, compute=True):
     ``linear`` (patch embed, qkv, proj, MLP, both neck convs), ``attention_rel_pos`` (windows) or
     ``_chunked_attention`` (the global grid) for q k^T and p v, and ``rel_pos_dot_products``. The
     wrappers read the shapes each call actually gets (padded windows for q k^T and p v, the real
-    tokens for the projections); ``block`` and
-    ``neck`` are wrapped to know which part is running. With compute=False the products, and the
+    tokens for the projections); ``block`` and ``neck`` are wrapped to know which part is
+    running. With compute=False the products, and the
     elementwise GELU and LayerNorms, return zeros of the right shape instead: the same code path
     and shapes, cheap at any size (a dry run).
     -> ({part: {kind: MACs}}, the encoder's output)"""

@@ -141,7 +141,7 @@ def _windows(H, W, window_size):
 def split_heads_numpy(xw, bias, num_heads, window_size):
     """NumPy twin of :func:`split_heads`: add the qkv bias, pad, cut into windows, split q/k/v and
     heads, as the official block does it (``window_partition``, then ``qkv(x).reshape(...).permute(...)``,
-    image_encoder.py L175, L227-231), but from the product of the REAL tokens only: a pad token is
+    image_encoder.py L172, L227-229), but from the product of the REAL tokens only: a pad token is
     zero after norm1, so its projection is the qkv bias (0 W^T + b), set here without a product.
 
     xw [B, G, G, 3D] = x W^T of the grid's tokens (the qkv projection without its bias), bias [3D]
@@ -207,7 +207,7 @@ def split_heads(xw, bias, num_heads, window_size, out=None):
 def merge_heads_numpy(o, num_heads, grid_hw, window_size):
     """NumPy twin of :func:`merge_heads`: heads back to channels, windows back on the grid, the
     padding cropped (the official ``transpose(1, 2).reshape`` of the heads and ``window_unpartition``,
-    image_encoder.py L236, L267-297), before the output projection.
+    image_encoder.py L237, L267-289), before the output projection.
 
     o [A, T, hd] (the calls of :func:`split_heads`) -> [B, G, G, D].
     """
@@ -257,14 +257,14 @@ def merge_heads(o, num_heads, grid_hw, window_size):
 
 def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
     """Multi-head self-attention with decomposed relative positions (image_encoder.py L185-240), in
-    w x w windows of the zero-padded grid (L166-179) or, with window_size 0, over the whole grid.
+    w x w windows of the zero-padded grid (L169-177) or, with window_size 0, over the whole grid.
 
     x [B, G, G, D] = norm1 of the residual stream -> [B, G, G, D], the attention's output on the
     grid (windows unpartitioned, padding cropped) LESS the proj bias, which the caller adds in its
-    residual add (``add_layer_norm``'s ``delta_bias``: one pass less). The projections run on the G x G real tokens
-    only: a pad token's qkv is the bias (its input is zero), and its output is cropped, so neither
-    needs a product (the official code runs both on the padded grid: 20% more tokens at vit_b's
-    64 -> 70). The scale multiplies q before q k^T; the rel-pos terms use the unscaled q.
+    residual add (``add_layer_norm``'s ``delta_bias``: one pass less). The projections run on the
+    G x G real tokens only: a pad token's qkv is the bias (its input is zero), and its output is
+    cropped, so neither needs a product (the official code runs both on the padded grid: 20% more
+    tokens at vit_b's 64 -> 70). The scale multiplies q before q k^T; the rel-pos terms use the unscaled q.
     With a ``trace``, the official modules' outputs are recorded as they give them: qkv and proj
     per window, pad tokens included (that proj runs on the pad tokens for the record only).
     """

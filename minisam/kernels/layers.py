@@ -20,7 +20,9 @@ Numerics follow the official PyTorch modules (``docs/numerics.md`` sections 3 an
   ``aten/src/ATen/native/cpu/SoftMaxKernel.cpp`` (``_vec_softmax_lastdim``) does.
 
 Big GEMMs never happen here: they are plain NumPy float32 matmuls (BLAS threads) outside
-Numba, and these kernels run between them (minisam's threads), so the two never nest.
+Numba, and these kernels run between them (minisam's threads), so the two never nest. The one
+fast function here that is not a Numba kernel, ``rel_pos_terms``, is thousands of small BLAS
+GEMMs, each of minisam's threads running its share with BLAS held to one thread.
 All functions take and return float32.
 """
 

@@ -147,6 +147,19 @@ def test_parity_all_pass_then_against_without_torch(size, tiny_checkpoints, vit_
     assert "dump: torch" in res.stdout
 
 
+def test_parity_catches_a_broken_mask_path(tiny_checkpoints, monkeypatch, capsys):
+    """Both sides get the official run's "point" logits as the "feedback" mask input, and a mask path
+    that computes something else (LayerNorm2d with eps 1e-4 instead of 1e-6) fails there and only there."""
+    import minisam.modeling.prompt_encoder as pe
+    real = pe.layer_norm2d
+    monkeypatch.setattr(pe, "layer_norm2d", lambda x, w, b, eps: real(x, w, b, 100 * eps))
+    rc = main(["parity", "--checkpoint", tiny_checkpoints["pad_window"][1], "--torch-device", "cpu"])
+    rows = _verdicts(capsys.readouterr().out)
+    assert rc == 1
+    assert rows["feedback:prompt_encoder.mask_downscaling.1"] == "FAIL"
+    assert all(v == "pass" for k, v in rows.items() if not k.startswith("feedback:"))
+
+
 def test_parity_against_refuses_other_weights_and_bad_files(tiny_checkpoints, tmp_path, capsys):
     _, ckpt_a = tiny_checkpoints["pad_window"]
     _, ckpt_b = tiny_checkpoints["one_head_global_first"]

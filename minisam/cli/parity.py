@@ -50,7 +50,8 @@ def add_parser(sub):
 # ----------------------------------------------------------------------------- shared pieces
 
 def _prompts(H: int, W: int) -> List[Tuple[str, dict]]:
-    """Prompts in original image pixels. "feedback" also gets the best low-res logits of "point"."""
+    """Prompts in original image pixels. "feedback" also gets the best low-res logits of "point"
+    (:func:`_run`)."""
     point = dict(point_coords=[[0.45 * W, 0.4 * H]], point_labels=[1], multimask_output=True)
     return [
         ("point", point),
@@ -75,8 +76,15 @@ def _flatten(prefix: str, trace: dict, out: Dict[str, np.ndarray]) -> None:
             out[f"{prefix}{k}"] = np.asarray(v)
 
 
-def _run(predictor, image, set_image, predict) -> Dict[str, np.ndarray]:
-    """Drive one side: ``set_image(image) -> trace``, ``predict(kwargs) -> ((masks, iou, low), trace)``."""
+def _run(predictor, image, set_image, predict, feedback_mask=None) -> Dict[str, np.ndarray]:
+    """Drive one side: ``set_image(image) -> trace``, ``predict(kwargs) -> ((masks, iou, low), trace)``.
+
+    The "feedback" prompt's ``mask_input`` is ``feedback_mask`` when given (minisam's side gets the
+    official side's, see :func:`_best_low`), else this side's own best "point" logits. Both sides
+    then feed the prompt encoder's mask path the same input, so its intermediates compare the
+    modules and not the small difference between the two sides' logits: that path starts with a
+    LayerNorm2d over mask_in_chans // 4 channels (2 in the tiny configs, 4 in SAM's), which
+    magnifies a difference in its input by ~40x where a pixel's channels are nearly equal."""
     results: Dict[str, np.ndarray] = {}
     _flatten("", set_image(image), results)
     H, W = image.shape[:2]
@@ -84,15 +92,21 @@ def _run(predictor, image, set_image, predict) -> Dict[str, np.ndarray]:
     for name, kw in _prompts(H, W):
         kw = {k: (np.asarray(v, np.float64) if k != "multimask_output" else v) for k, v in kw.items()}
         if name == "feedback":
-            kw["mask_input"] = best_low
+            kw["mask_input"] = best_low if feedback_mask is None else feedback_mask
         (masks, iou, low), trace = predict(kw)
         _flatten(f"{name}:", trace, results)
         results[f"{name}:output.low_res_logits"] = low
         results[f"{name}:output.iou_predictions"] = iou
         results[f"{name}:output.masks"] = masks
         if name == "point":
-            best_low = low[int(np.argmax(iou))][None]
+            best_low = _best_low(results)
     return results
+
+
+def _best_low(results: Dict[str, np.ndarray]) -> np.ndarray:
+    """The "point" prompt's low-res logits of highest predicted IoU, as "feedback" gets them.  [1, h, w]"""
+    iou = np.asarray(results["point:output.iou_predictions"])            # [3]
+    return np.asarray(results["point:output.low_res_logits"])[int(np.argmax(iou))][None]  # [1, h, w]
 
 
 def _fingerprint(params_flat: Dict[str, np.ndarray]) -> str:
@@ -143,7 +157,7 @@ def _run_official(model, image):
                 lambda kw: record(model, lambda: op.predict(**kw)))
 
 
-def _run_minisam(sam, image):
+def _run_minisam(sam, image, feedback_mask=None):
     from minisam.predictor import SamPredictor
     pred = SamPredictor(sam)
 
@@ -155,7 +169,7 @@ def _run_minisam(sam, image):
     def predict(kw):
         t = {}
         return pred.predict(**kw, trace=t), t
-    return _run(pred, image, set_image, predict)
+    return _run(pred, image, set_image, predict, feedback_mask)
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -240,7 +254,7 @@ def run(args) -> int:
             meta = {"version": DUMP_VERSION, "device": device, "weights_sha256": fingerprint,
                     "config": sam.config.to_dict(), "image": args.image or "grace_hopper.jpg"}
             _save_dump(args.dump, ref, image, meta)
-    ours = _run_minisam(sam, image)
+    ours = _run_minisam(sam, image, _best_low(ref))
     rows, ok = compare_table(ref, ours, device)
     print(f"minisam parity: image {image.shape[1]}x{image.shape[0]}, tolerances: intermediates {TOL_TRACE:g} x max|ref|, "
           f"low-res logits {TOL_LOGITS:g} x max|ref|, IoU {TOL_IOU:g} abs, masks {TOL_MASK:g} of pixels")

@@ -150,6 +150,41 @@ def test_exp_polynomial_accuracy():
     assert np.max(np.abs(got[0] - ref) / ref) < 2e-7
 
 
+def test_fma_rounds_once_and_bits_float_builds_powers_of_two():
+    """``jit.fma`` is a * b + c with one rounding: a = b = 1 + 2^-12 gives a b = 1 + 2^-11 + 2^-24,
+    whose float32 rounding (a tie, to even) drops the 2^-24 that the fused result keeps; on random
+    operands it equals the float64 value rounded to float32.
+    ``jit.bits_float((n + 127) << 23)`` is 2**n for every normal exponent n."""
+    from minisam.kernels.jit import bits_float, fma, njit
+
+    @njit
+    def fused(a, b, c, out):
+        for i in range(a.size):
+            out[i] = fma(a[i], b[i], c[i])
+
+    @njit
+    def powers(n, out):
+        for i in range(n.size):
+            out[i] = bits_float((n[i] + np.int32(127)) << np.int32(23))
+
+    one = np.float32(1 + 2.0 ** -12)
+    a, b, c = (np.array([v], np.float32) for v in (one, one, -(1 + 2.0 ** -11)))
+    got = np.empty(1, np.float32)
+    fused(a, b, c, got)
+    assert got[0] == np.float32(2.0 ** -24) and (a * b + c)[0] == 0
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(4096).astype(np.float32) for _ in range(3))
+    got = np.empty(4096, np.float32)
+    fused(a, b, c, got)
+    # a b is exact in float64 (48 bits); a b + c rounded to float64 and then to float32 differs from
+    # one rounding only when the float64 sum lands on a float32 tie (odds ~2^-29 per draw)
+    assert np.array_equal(got, (a.astype(np.float64) * b + c).astype(np.float32))
+    n = np.arange(-126, 128, dtype=np.int32)
+    got = np.empty(n.size, np.float32)
+    powers(n, got)
+    assert np.array_equal(got, np.float32(2.0) ** n.astype(np.float32))
+
+
 @SETTINGS
 @given(st.integers(1, 300), seeds, st.sampled_from(["mixed", "negative", "positive", "specials"]))
 def test_row_max_over_integer_keys_is_numpys_max(N, seed, kind):

@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 
 from minisam.kernels.jit import njit
-from minisam.kernels.layers import _SUM_LANES, _exp_parts, _exp_shifted_, _row_max
+from minisam.kernels.layers import _SUM_LANES, _exp, _exp_shifted_, _row_max
 from minisam.kernels.threads import parallel_blas
 
 SCORE_BUDGET = 1 << 18  # scores per task block (1 MiB of float32): 256 query rows x 1024 keys, L2-sized
@@ -112,13 +112,13 @@ def flash_attention_rel_pos_numpy(q, k, v, rel_h, rel_w, q_rows=256, key_rows=KE
 # --------------------------------------------------------------------------- the Numba steps
 
 @njit(error_model="numpy")
-def _online_softmax_rel_pos_kernel(S, nc, nr, kb, rel_h, rel_w, n0, i0, a0, first, m, l, alpha, bits, lanes):
+def _online_softmax_rel_pos_kernel(S, nc, nr, kb, rel_h, rel_w, n0, i0, a0, first, m, l, alpha, lanes):
     """One key block of the online softmax, in place on the scores.
 
     S [calls, q_rows, >= kb*kw] (the task's block; its first nc calls, nr rows, kb*kw keys are live),
     rel_h [A, T, kh], rel_w [A, T, kw] (read at calls n0.., rows i0.., key rows a0..a0+kb),
     m [calls, q_rows] f32 running max, l [.., ..] f64 running sum, alpha [.., ..] f32 out: the
-    factor the running P V must be scaled by; scratch bits [>= kb*kw] int32, lanes [_SUM_LANES] float64.
+    factor the running P V must be scaled by; scratch lanes [_SUM_LANES] float64.
     """
     kw = rel_w.shape[2]
     N = kb * kw
@@ -140,10 +140,9 @@ def _online_softmax_rel_pos_kernel(S, nc, nr, kb, rel_h, rel_w, n0, i0, a0, firs
             else:
                 m_old = m[c, r]
                 m_new = max(m_old, block_max)
-                p, e = _exp_parts(m_old - m_new)
-                alpha[c, r] = p * np.float32(2.0) ** np.int32(e)
+                alpha[c, r] = _exp(m_old - m_new)
                 l_old = l[c, r] * alpha[c, r]
-            l[c, r] = l_old + _exp_shifted_(row, N, m_new, bits, lanes)
+            l[c, r] = l_old + _exp_shifted_(row, N, m_new, lanes)
             m[c, r] = m_new
 
 
@@ -188,7 +187,6 @@ def _flash_tasks(lo, hi, q, k, v, rel_h, rel_w, out, calls, q_rows, k_rows):
     m = np.empty((calls, q_rows), np.float32)                                  # [calls, r]
     l = np.empty((calls, q_rows), np.float64)                                  # [calls, r]
     alpha = np.empty((calls, q_rows), np.float32)                              # [calls, r]
-    bits = np.empty(k_rows * kw, np.int32)
     lanes = np.empty(_SUM_LANES, np.float64)
     for task in range(lo, hi):
         g, qb = divmod(task, n_qb)
@@ -201,7 +199,7 @@ def _flash_tasks(lo, hi, q, k, v, rel_h, rel_w, out, calls, q_rows, k_rows):
             s = S[:nc, :nr, :j1 - j0]                                          # [nc, nr, kb*kw] view
             np.matmul(q[n0:n1, i0:i1], k[n0:n1, j0:j1].transpose(0, 2, 1), out=s)
             _online_softmax_rel_pos_kernel(S, nc, nr, a1 - a0, rel_h, rel_w, n0, i0, a0, a0 == 0,
-                                           m, l, alpha, bits, lanes)
+                                           m, l, alpha, lanes)
             np.matmul(s, v[n0:n1, j0:j1], out=PV[:nc, :nr])                    # [nc, nr, hd]
             _rescale_accumulate_kernel(O, PV, alpha, l, nc, nr, a0 == 0, a1 == kh, out, n0, i0)
 

@@ -9,6 +9,16 @@ user cache folder before it is imported.
 Every kernel on the parity path is compiled with ``fastmath=False`` (the default here):
 fastmath reorders float sums and swaps in approximate transcendentals. Kernels are serial
 and ``nogil``; ``minisam.kernels.threads.parallel_for`` runs them on several threads.
+
+Two LLVM operations Numba does not expose are given here as intrinsics, each one LLVM
+instruction that vectorizes like any other:
+- ``bits_float``: the float32 with a given bit pattern (``bitcast``), where a scalar ``view``
+  would need a trip through memory;
+- ``fma``: the fused multiply-add ``a * b + c`` with one rounding (``llvm.fma.f32``, IEEE 754
+  fusedMultiplyAdd). It is written out where it is used, so the result does not depend on
+  what the compiler chooses; that is what fastmath's ``contract`` flag would not guarantee.
+  CPUs without FMA units (x86 before Haswell / Piledriver) get the same result from libm's
+  ``fmaf``, slower.
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ def _ensure_cache_dir() -> None:
 _ensure_cache_dir()
 
 import numba  # noqa: E402  (after the cache dir is settled)
+from llvmlite import ir  # noqa: E402
+from numba import types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 
 def njit(*args, **kwargs):
@@ -54,3 +67,31 @@ def njit(*args, **kwargs):
     kwargs.setdefault("nogil", True)
     return numba.njit(*args, **kwargs)
 
+
+@intrinsic
+def bits_float(typingctx, i):
+    """The float32 whose bit pattern is the low 32 bits of the integer ``i``."""
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if i.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif i.bitwidth < 32:
+            v = builder.sext(v, ir.IntType(32)) if i.signed else builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+    return types.float32(i), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """float32 ``a * b + c`` rounded once (IEEE 754 fusedMultiplyAdd)."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32]))
+        return builder.call(fn, args)
+    return types.float32(types.float32, types.float32, types.float32), codegen

@@ -194,7 +194,7 @@ def layer_norm2d(x, weight, bias, eps=1e-6):
 @njit(inline="always")
 def _exp(x):
     """exp of a float32 (Cephes expf): x = n ln2 + r with n = round(x / ln2), |r| <= ln2 / 2;
-    exp(r) by its degree-7 polynomial, 2**n written into a float32's exponent bits.
+    exp(r) by its degree-7 polynomial, times 2**n built from its exponent bits.
 
     x is clamped to [-87, 88], so that 2**n stays a normal float32: exp(-87) = 1.6e-38 (the
     smallest normal is 1.2e-38; below it the result is exp(-87), an absolute error under 2e-38),
@@ -349,8 +349,8 @@ def _exp_shifted_(row, N, m, lanes):  # row [>=N] float32 in place; scratch [_SU
     """row[:N] <- exp(row[:N] - m); returns their sum, accumulated in float64 over 64 lanes
     (lane l takes elements l, l + 64, ...; then lanes 0..63 in order, then the tail).
 
-    Two loops, not one: the exp loop and the sum loop each vectorize, and together they ran
-    1.1x faster than one loop doing both (1024-key rows, in L1). The lanes loop is a plain
+    Two loops, not one: the exp loop and the sum loop each vectorize; one loop doing both ran
+    1.7x slower (0.68 against 0.41 ns per score, 1024-key rows in L1). The lanes loop is a plain
     elementwise loop over a scratch array, which LLVM vectorizes (with a run-time check that
     ``lanes`` does not overlap ``row``); 8 lanes kept in local variables stayed scalar, one
     float64 add after another, 1.5x slower for a 1024-key row.

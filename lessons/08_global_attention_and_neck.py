@@ -385,11 +385,11 @@ def counted_macs(params, c, x_in, compute=True):
             return real[name](q, k, v, *rest) if compute else np.zeros(q.shape, np.float32)
         return counted
 
-    def rel_pos_dot_products(q, Rh, Rw):               # q [A, h, w, hd] . Rh [h, kh, hd] and . Rw [w, kw, hd]
+    def rel_pos_dot_products(q, Rh, Rw, out=None):     # q [A, h, w, hd] . Rh [h, kh, hd] and . Rw [w, kw, hd]
         A, h, w, hd = q.shape
         macs[running[0]]["rel-pos"] += A * h * w * (Rh.shape[1] + Rw.shape[1]) * hd
         if compute:
-            return real["rel_pos_dot_products"](q, Rh, Rw)
+            return real["rel_pos_dot_products"](q, Rh, Rw, out)
         return np.zeros((A, h, w, Rh.shape[1]), np.float32), np.zeros((A, h, w, Rw.shape[1]), np.float32)
 
     def block(p, tokens, normed, num_heads, window_size, *rest):

@@ -87,6 +87,45 @@ def test_gelu_out_must_be_x_or_apart():
         K.gelu(x, out=np.empty((6, 4), np.float32).T)
 
 
+def test_out_arrays_are_written_or_refused():
+    """The kernels with ``out=`` (the encoder reuses one array per role through them) write into it
+    bit for bit what they return without one, and refuse an ``out`` of another shape or dtype, or
+    one that shares memory with an input."""
+    from minisam.kernels import attention as FA
+    from minisam.kernels import image_encoder as enc
+    rng = np.random.default_rng(0)
+    A, kh, kw, hd, nH = 4, 3, 5, 8, 2
+    T = kh * kw
+    q, k, v = (_arr(rng, (A, T, hd)) for _ in range(3))
+    rel_h, rel_w = _arr(rng, (A, T, kh)), _arr(rng, (A, T, kw))
+    x, d, w, b = _arr(rng, (6, 16)), _arr(rng, (6, 16)), _arr(rng, 16), _arr(rng, 16)
+    Rh, Rw = _arr(rng, (kh, kh, hd)), _arr(rng, (kw, kw, hd))
+    qg = q.reshape(A, kh, kw, hd)
+    cases = [  # (name, call without out, call with out, out of the right shape)
+        ("add_layer_norm", lambda: K.add_layer_norm(x.copy(), d, w, b),
+         lambda o: K.add_layer_norm(x.copy(), d, w, b, out=o), (6, 16)),
+        ("flash_attention_rel_pos", lambda: FA.flash_attention_rel_pos(q, k, v, rel_h, rel_w, 2),
+         lambda o: FA.flash_attention_rel_pos(q, k, v, rel_h, rel_w, 2, out=o), (A, T, hd)),
+        ("merge_heads", lambda: enc.merge_heads(q, nH, (kh, kw), 0),
+         lambda o: enc.merge_heads(q, nH, (kh, kw), 0, out=o), (A // nH, kh, kw, nH * hd)),
+        ("rel_pos_terms", lambda: K.rel_pos_terms(qg, Rh, Rw)[0],
+         lambda o: K.rel_pos_terms(qg, Rh, Rw, (o, None))[0], (A, kh, kw, kh)),
+    ]
+    for name, plain, into, shape in cases:
+        out = np.full(shape, np.nan, np.float32)
+        got = into(out)
+        assert got is out, name
+        np.testing.assert_array_equal(out, plain(), err_msg=name)
+        with pytest.raises(ValueError, match=f"{name}: out must be"):
+            into(np.empty(shape[:-1] + (shape[-1] + 1,), np.float32))
+        with pytest.raises(ValueError, match=f"{name}: out must be"):
+            into(np.empty(shape, np.float64))
+    with pytest.raises(ValueError, match="flash_attention_rel_pos: out shares memory"):
+        FA.flash_attention_rel_pos(q, k, v, rel_h, rel_w, 2, out=v)
+    with pytest.raises(ValueError, match="add_layer_norm: out shares memory"):
+        K.add_layer_norm(x, d, w, b, out=d)
+
+
 @SETTINGS
 @given(leading, last, seeds, st.sampled_from([0.1, 1.0, 3.0, 30.0]))
 def test_gelu_kernel_equals_readable_gelu_bit_for_bit(lead, C, seed, scale):

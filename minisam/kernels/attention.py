@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 
 from minisam.kernels.jit import njit
-from minisam.kernels.layers import _SUM_LANES, _exp, _exp_shifted_, _row_max
+from minisam.kernels.layers import _SUM_LANES, _exp, _exp_shifted_, _row_max, out_array
 from minisam.kernels.threads import parallel_blas
 
 SCORE_BUDGET = 1 << 18  # scores per task block (1 MiB of float32): 256 query rows x 1024 keys, L2-sized
@@ -204,13 +204,14 @@ def _flash_tasks(lo, hi, q, k, v, rel_h, rel_w, out, calls, q_rows, k_rows):
             _rescale_accumulate_kernel(O, PV, alpha, l, nc, nr, a0 == 0, a1 == kh, out, n0, i0)
 
 
-def flash_attention_rel_pos(q, k, v, rel_h, rel_w, key_rows=KEY_ROWS, score_budget=SCORE_BUDGET):
+def flash_attention_rel_pos(q, k, v, rel_h, rel_w, key_rows=KEY_ROWS, score_budget=SCORE_BUDGET, out=None):
     """softmax(q k^T + decomposed rel-pos) v in blocks, never holding more than ``score_budget``
     scores per thread (the module docstring gives the algorithm).
 
     q [A, T, hd] ALREADY SCALED, k, v [A, T, hd], rel_h [A, T, kh], rel_w [A, T, kw] with
     T = kh * kw -> [A, T, hd] float32. ``key_rows``: key-grid rows per key block (the online
-    softmax runs over ceil(kh / key_rows) blocks); :func:`block_sizes` gives the blocks.
+    softmax runs over ceil(kh / key_rows) blocks); :func:`block_sizes` gives the blocks. ``out``:
+    an [A, T, hd] array to write into (``kernels.layers.out_array``).
     """
     q, k, v, rel_h, rel_w = (_f32(a) for a in (q, k, v, rel_h, rel_w))
     A, T, hd = q.shape
@@ -219,7 +220,7 @@ def flash_attention_rel_pos(q, k, v, rel_h, rel_w, key_rows=KEY_ROWS, score_budg
             or rel_w.shape[:2] != (A, T):
         raise ValueError(f"flash_attention_rel_pos: q {q.shape}, k {k.shape}, v {v.shape}, rel_h {rel_h.shape}, "
                          f"rel_w {rel_w.shape} do not fit [A, T, hd] with T = kh * kw")
-    out = np.empty((A, T, v.shape[2]), np.float32)                             # [A, T, hd]
+    out = out_array(out, (A, T, v.shape[2]), "flash_attention_rel_pos", q, k, v, rel_h, rel_w)  # [A, T, hd]
     calls, q_rows, k_rows = block_sizes(A, T, kh, kw, key_rows, score_budget)
     n_tasks = -(-A // calls) * -(-T // q_rows)
     args = (q, k, v, rel_h, rel_w, out, calls, q_rows, k_rows)

@@ -43,7 +43,7 @@ from minisam.config import SamConfig
 from minisam.errors import ImageError
 from minisam.kernels.attention import KEY_ROWS, SCORE_BUDGET, flash_attention_rel_pos
 from minisam.kernels.jit import njit
-from minisam.kernels.layers import add_layer_norm, attention_rel_pos, gelu, layer_norm
+from minisam.kernels.layers import add_layer_norm, attention_rel_pos, gelu, layer_norm, out_array
 from minisam.kernels.layers import rel_pos_terms as rel_pos_dot_products
 from minisam.kernels.threads import parallel_for
 from minisam.modeling.common import ENCODER_LN_EPS, LAYER_NORM_2D_EPS
@@ -84,19 +84,26 @@ def linear(x, weight, bias=None, out=None):
     return y.reshape(*lead, -1)                                            # [..., out]
 
 
-def _buffer(buffers, key, shape):
-    """A float32 array of ``shape`` kept in ``buffers`` (one dict per forward) under (key, shape),
-    for the results over 32 MB: the qkv of all tokens and the MLP's hidden layer (37-50 MB each
-    for vit_b). glibc serves such sizes by a fresh mmap each time, so every block paid the page
-    faults of ~100 MB anew; reused, they fault once per shape. (A vit_b forward on 2 cores took
-    3.12 s against 3.56 s with glibc told to keep all freed memory, a test only; these two
-    buffers recover part of that.) ``buffers=None``: a new array."""
+def _buffer(buffers, role, shape):
+    """A float32 array of ``shape`` for one role of a block's activations (the qkv, the attention's
+    output, the MLP's hidden layer...), from ``buffers`` (one dict per forward), so that every
+    block writes its activations into the memory of the block before.
+
+    Why: glibc serves the larger results (12.6-50 MB each for vit_b) by a fresh mmap, or gives
+    the top of its heap back to the system when they are freed, so that a forward that allocated
+    them anew paid some 9000 page faults (sys time ~0.07 s of a 2.6 s vit_b forward on 2 cores)
+    and wrote to memory straight from the kernel's zeroing. One flat array per role holds the
+    largest shape asked of it (a windowed and a global block ask different ones) and is viewed
+    to the shape asked for. The roles' lifetimes within a block do not overlap where one is
+    written while another is read (see :func:`block`). ``buffers=None``: a new array.
+    """
     if buffers is None:
         return None
-    arr = buffers.get((key, shape))
-    if arr is None:
-        arr = buffers[key, shape] = np.empty(shape, np.float32)
-    return arr
+    size = int(np.prod(shape))
+    flat = buffers.get(role)
+    if flat is None or flat.size < size:
+        flat = buffers[role] = np.empty(size, np.float32)
+    return flat[:size].reshape(shape)
 
 
 # --------------------------------------------------------------------------- patches
@@ -113,19 +120,21 @@ def patch_embed(p, x, patch_size):
     return y.reshape(B, Gh, Gw, -1)                                        # [B, G, G, D]
 
 
-def rel_pos_terms(q, rel_pos_h, rel_pos_w, hw):
+def rel_pos_terms(q, rel_pos_h, rel_pos_w, hw, buffers=None):
     """The two decomposed rel-pos terms of ``add_decomposed_rel_pos`` (L325-361), from UNSCALED q.
 
     q [A, T, hd] with T = h*w (A = calls x heads) -> rel_h [A, T, h], rel_w [A, T, w]:
     rel_h[n, (y, x), k] = q[n, y, x] . Rh[y, k];  rel_w[n, (y, x), k] = q[n, y, x] . Rw[x, k].
     Batched GEMMs, one per (call, query row) and one per (call, query column), read and written
-    through strided views (``kernels.layers.rel_pos_terms``).
+    through strided views (``kernels.layers.rel_pos_terms``). ``buffers``: see :func:`_buffer`.
     """
     h, w = hw
     N, T, hd = q.shape
     Rh = get_rel_pos(h, h, rel_pos_h)                                      # [h, h, hd]
     Rw = get_rel_pos(w, w, rel_pos_w)                                      # [w, w, hd]
-    rel_h, rel_w = rel_pos_dot_products(q.reshape(N, h, w, hd), Rh, Rw)        # [A, h, w, h], [A, h, w, w]
+    out = None if buffers is None else (_buffer(buffers, "attn.rel_h", (N, h, w, h)),
+                                        _buffer(buffers, "attn.rel_w", (N, h, w, w)))
+    rel_h, rel_w = rel_pos_dot_products(q.reshape(N, h, w, hd), Rh, Rw, out)    # [A, h, w, h], [A, h, w, w]
     return rel_h.reshape(N, T, h), rel_w.reshape(N, T, w)
 
 
@@ -237,19 +246,19 @@ def _merge_heads_kernel(lo, hi, o, wh, ww, out):  # tasks (image, grid row) [lo,
                     dst[d] = src[d]
 
 
-def merge_heads(o, num_heads, grid_hw, window_size):
+def merge_heads(o, num_heads, grid_hw, window_size, out=None):
     """The attention calls' outputs back on the grid, in one pass: see :func:`merge_heads_numpy` (its
     NumPy twin, tested equal); one Numba task per grid row, split over minisam's threads. The pad
     tokens' outputs are dropped here, before the output projection: the official code projects
     them and crops after, and a row's projection does not depend on other rows.
 
-    o [A, T, hd] -> [B, G, G, D].
+    o [A, T, hd] -> [B, G, G, D]; ``out``: an array of that shape to write into.
     """
     H, W = grid_hw
     A, _, hd = o.shape
     wh, ww, nWy, nWx = _windows(H, W, window_size)
     B = A // (nWy * nWx * num_heads)
-    out = np.empty((B, H, W, num_heads * hd), np.float32)                  # [B, G, G, D]
+    out = out_array(out, (B, H, W, num_heads * hd), "merge_heads", o)      # [B, G, G, D]
     parallel_for(_merge_heads_kernel, B * H, _f32(o).reshape(A, wh, ww, hd), wh, ww,
                  out.reshape(B, H, W, num_heads, hd))
     return out
@@ -279,13 +288,16 @@ def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
     if trace is not None:
         qkv_windows = heads.reshape(3, A // num_heads, num_heads, wh, ww, hd).transpose(1, 3, 4, 0, 2, 5)  # [B*nW, w, w, 3, nH, hd]
         _put(trace, name + ".qkv", qkv_windows.reshape(-1, wh, ww, 3 * D))  # [B*nW, w, w, 3D]
-    rel_h, rel_w = rel_pos_terms(q, p["rel_pos_h"], p["rel_pos_w"], (wh, ww))  # [A, T, kh], [A, T, kw]
+    rel_h, rel_w = rel_pos_terms(q, p["rel_pos_h"], p["rel_pos_w"], (wh, ww), buffers)  # [A, T, kh], [A, T, kw]
     q *= np.float32(hd ** -0.5)                                            # [A, T, hd] scaled after rel-pos
     if T <= _SMALL_T and _WINDOW_ATTENTION == "numba":
         out = attention_rel_pos(q, k, v, rel_h, rel_w)                     # [A, T, hd] one task per call
     else:
-        out = _chunked_attention(q, k, v, rel_h, rel_w, (wh, ww))          # [A, T, hd]
-    y = linear(merge_heads(out, num_heads, (H, W), window_size), p["proj"]["weight"])  # [B, G, G, D] no bias yet
+        out = _chunked_attention(q, k, v, rel_h, rel_w, (wh, ww),
+                                 _buffer(buffers, "attn.out", (A, T, hd)))  # [A, T, hd]
+    merged = merge_heads(out, num_heads, (H, W), window_size,
+                         _buffer(buffers, "attn.merged", (B, H, W, D)))    # [B, G, G, D]
+    y = linear(merged, p["proj"]["weight"], None, _buffer(buffers, "delta", (B, H, W, D)))  # [B, G, G, D] no bias yet
     if trace is not None:
         per_call = out.reshape(A // num_heads, num_heads, wh, ww, hd).transpose(0, 2, 3, 1, 4)  # [B*nW, w, w, nH, hd]
         proj = linear(per_call.reshape(-1, wh, ww, D), p["proj"]["weight"], p["proj"]["bias"])  # [B*nW, w, w, D]
@@ -294,16 +306,17 @@ def attention(p, x, num_heads, window_size, trace=None, name="", buffers=None):
     return y
 
 
-def _chunked_attention(q, k, v, rel_h, rel_w, hw):
+def _chunked_attention(q, k, v, rel_h, rel_w, hw, out=None):
     """softmax(q k^T + rel-pos) v, blocked and fused (``kernels.attention.flash_attention_rel_pos``),
     never holding more than _SCORE_BUDGET scores per thread; key blocks of _KEY_ROWS grid rows.
 
-    q [A, T, hd] scaled, k, v [A, T, hd], rel_h [A, T, h], rel_w [A, T, w] -> [A, T, hd].
+    q [A, T, hd] scaled, k, v [A, T, hd], rel_h [A, T, h], rel_w [A, T, w] -> [A, T, hd]
+    (into ``out`` if given).
     """
     h, w = hw
     if rel_h.shape[-1] != h or rel_w.shape[-1] != w:
         raise ValueError(f"rel_h {rel_h.shape} / rel_w {rel_w.shape} do not match the {h}x{w} key grid")
-    return flash_attention_rel_pos(q, k, v, rel_h, rel_w, _KEY_ROWS, _SCORE_BUDGET)   # [A, T, hd]
+    return flash_attention_rel_pos(q, k, v, rel_h, rel_w, _KEY_ROWS, _SCORE_BUDGET, out)   # [A, T, hd]
 
 
 # --------------------------------------------------------------------------- blocks
@@ -315,12 +328,17 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
     x [B, G, G, D] residual stream (modified in place), x_norm1 = norm1(x) [B, G, G, D].
     Returns (x, norm1 of the next block applied to the new x, or None if ``next_norm1`` is None):
     the MLP's residual add is fused with the next block's LayerNorm.
+
+    With ``buffers`` (:func:`_buffer`) two roles serve twice a block, each written only once its
+    last value has been read: "delta", the residual branch's output (the attention's proj, read
+    by the add + norm2, then the MLP's lin2), and "norm", the LayerNorm of the residual stream
+    (norm2, read by lin1, then the next block's norm1, read by its qkv).
     """
     B, H, W, D = x.shape
     _put(trace, name + ".norm1", x_norm1)
     a = attention(p["attn"], x_norm1, num_heads, window_size, trace, name + ".attn", buffers)  # [B, G, G, D] no bias yet
-    x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], eps,
-                             delta_bias=p["attn"]["proj"]["bias"])         # x += a + b; [B, G, G, D]
+    x_norm2 = add_layer_norm(x, a, p["norm2"]["weight"], p["norm2"]["bias"], eps, delta_bias=p["attn"]["proj"]["bias"],
+                             out=_buffer(buffers, "norm", (B, H, W, D)))   # x += a + b; [B, G, G, D]
     _put(trace, name + ".norm2", x_norm2)
     mlp = p["mlp"]
     hidden = linear(x_norm2, mlp["lin1"]["weight"], None,
@@ -329,7 +347,7 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
         _put(trace, name + ".mlp.lin1", hidden + mlp["lin1"]["bias"])
     gelu(hidden, mlp["lin1"]["bias"], out=hidden)                          # [B, G, G, 4D] in place
     _put(trace, name + ".mlp.act", hidden)
-    y = linear(hidden, mlp["lin2"]["weight"])                              # [B, G, G, D] no bias yet
+    y = linear(hidden, mlp["lin2"]["weight"], None, _buffer(buffers, "delta", (B, H, W, D)))  # [B, G, G, D] no bias yet
     del hidden
     if trace is not None:
         _put(trace, name + ".mlp.lin2", y + mlp["lin2"]["bias"])
@@ -338,8 +356,8 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
         x += y + mlp["lin2"]["bias"]                                       # [B, G, G, D]
         x_next = None
     else:
-        x_next = add_layer_norm(x, y, next_norm1["weight"], next_norm1["bias"], eps,
-                                delta_bias=mlp["lin2"]["bias"])            # x += y + b; LN
+        x_next = add_layer_norm(x, y, next_norm1["weight"], next_norm1["bias"], eps, delta_bias=mlp["lin2"]["bias"],
+                                out=_buffer(buffers, "norm", (B, H, W, D)))  # x += y + b; LN
     _put(trace, name, x)
     return x, x_next
 

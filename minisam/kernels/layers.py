@@ -42,6 +42,21 @@ def _f32(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def out_array(out, shape, name, *inputs):
+    """``out`` checked to be a C-contiguous float32 array of ``shape`` that shares no memory with
+    ``inputs``, or a new one if it is None: the ``out=`` of the row kernels, which lets a forward
+    reuse one array per role (``kernels.image_encoder._buffer``)."""
+    shape = tuple(shape)
+    if out is None:
+        return np.empty(shape, np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous:
+        raise ValueError(f"{name}: out must be a C-contiguous float32 array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    if any(np.may_share_memory(out, a) for a in inputs):
+        raise ValueError(f"{name}: out shares memory with an input")
+    return out
+
+
 # --------------------------------------------------------------------------- LayerNorm
 
 def layer_norm_numpy(x, weight, bias, eps=1e-6):
@@ -140,18 +155,19 @@ def _add_layer_norm_kernel(lo, hi, x, delta, delta_bias, weight, bias, eps, out)
                 out[r, c] = np.float32((x[r, c] - mean) * inv) * weight[c] + bias[c]
 
 
-def add_layer_norm(x, delta, weight, bias, eps=1e-6, delta_bias=None):
+def add_layer_norm(x, delta, weight, bias, eps=1e-6, delta_bias=None, out=None):
     """Residual add fused with the LayerNorm that follows it, in one pass.
 
     ``x += delta (+ delta_bias)`` IN PLACE (x must be a C-contiguous float32 array), and
     returns ``LN(x)``.  [..., C], [..., C] -> [..., C].  ``delta_bias`` [C] is the bias of the
-    linear layer that produced ``delta``, folded in here to save a pass.
+    linear layer that produced ``delta``, folded in here to save a pass. ``out``: an array of
+    x's shape to write LN(x) into (see :func:`out_array`).
     """
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         raise ValueError("add_layer_norm updates x in place: x must be C-contiguous float32")
     C = x.shape[-1]
     db = np.zeros(C, np.float32) if delta_bias is None else _f32(delta_bias)
-    out = np.empty_like(x)
+    out = out_array(out, x.shape, "add_layer_norm", x, delta)
     x2 = x.reshape(-1, C)
     parallel_for(_add_layer_norm_kernel, _blocks(x2.shape[0]), x2, _f32(delta).reshape(-1, C), db, _f32(weight),
                  _f32(bias), float(eps), out.reshape(-1, C))
@@ -561,7 +577,7 @@ def _rel_pos_gemms(lo, hi, q, RhT, RwT, rel_h, rel_w):  # calls [lo, hi); [A,qh,
               out=rel_w[lo:hi].transpose(0, 2, 1, 3))                    # [n, qw, qh, kw]: per (call, x) [qh, hd] x [hd, kw]
 
 
-def rel_pos_terms(q, Rh, Rw):
+def rel_pos_terms(q, Rh, Rw, out=None):
     """Both decomposed rel-pos terms, as batched BLAS GEMMs split over minisam's threads by call.
 
     rel_h is one [qw, hd] x [hd, kh] product per (call, query row y), with Rh[y]; rel_w one
@@ -572,12 +588,14 @@ def rel_pos_terms(q, Rh, Rw):
     BLAS held to one thread (:func:`minisam.kernels.threads.parallel_blas`).
     q [A, qh, qw, hd] UNSCALED, Rh [qh, kh, hd], Rw [qw, kw, hd] -> rel_h [A, qh, qw, kh], rel_w [A, qh, qw, kw]:
     rel_h[n, y, x, k] = q[n, y, x] . Rh[y, k];  rel_w[n, y, x, k] = q[n, y, x] . Rw[x, k].
+    ``out``: None, or the pair (rel_h, rel_w) of arrays to write into (see :func:`out_array`).
     """
     q = _f32(q)
     N, h, w, _ = q.shape
     RhT = _f32(Rh).transpose(0, 2, 1)                                    # [qh, hd, kh] view
     RwT = _f32(Rw).transpose(0, 2, 1)                                    # [qw, hd, kw] view
-    rel_h = np.empty((N, h, w, RhT.shape[2]), np.float32)                # [A, qh, qw, kh]
-    rel_w = np.empty((N, h, w, RwT.shape[2]), np.float32)                # [A, qh, qw, kw]
+    out_h, out_w = (None, None) if out is None else out
+    rel_h = out_array(out_h, (N, h, w, RhT.shape[2]), "rel_pos_terms", q, Rh, Rw)    # [A, qh, qw, kh]
+    rel_w = out_array(out_w, (N, h, w, RwT.shape[2]), "rel_pos_terms", q, Rh, Rw, rel_h)  # [A, qh, qw, kw]
     parallel_blas(_rel_pos_gemms, N, q, RhT, RwT, rel_h, rel_w)
     return rel_h, rel_w

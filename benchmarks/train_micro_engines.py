@@ -21,8 +21,14 @@ both comparisons are within the bound. ``--eval-only DIR`` does only the evaluat
 run folders that an earlier ``--out DIR`` kept.
 
     python benchmarks/train_micro_engines.py [--steps 1000] [--single-round-steps 750] [--threads N]
-                                             [--seed S] [--out DIR] [--eval-scenes N] [--tiny]
+                                             [--seed S] [--dtype float32|float64] [--out DIR]
+                                             [--eval-scenes N] [--tiny]
     python benchmarks/train_micro_engines.py --eval-only DIR [--eval-scenes N]
+
+``--dtype float64`` trains both engines in float64: the NumPy engine with ``dtype="float64"``, the
+torch engine widened by :func:`minisam.reference.official.float64_torch_engine`. Their losses
+then agree to ~1e-15 relative for as long as the runs stay together, and the line "losses step
+for step" gives the step where they part (rounding, amplified by training itself).
 
 Wall times are printed but are not the comparison (``benchmarks/train_micro_step.py`` is the
 speed benchmark). ``--tiny`` runs 4 steps of a 2-block model on 1 image x 2 masks, to check
@@ -64,7 +70,11 @@ def worker(args) -> None:
         import inspect
         defaults = {k: p.default for k, p in inspect.signature(dispatch).parameters.items()
                     if p.default is not inspect.Parameter.empty and k not in ("engine", "out_dir")}
-        micro_numpy.train(out_dir=args.out, init=load_state_dict(args.init), **{**defaults, **kw})
+        micro_numpy.train(out_dir=args.out, init=load_state_dict(args.init), dtype=args.dtype, **{**defaults, **kw})
+    elif args.dtype == "float64":
+        from minisam.reference.official import float64_torch_engine
+        with float64_torch_engine():
+            train(out_dir=args.out, engine="torch", **kw)
     else:
         train(out_dir=args.out, engine="torch", **kw)
 
@@ -118,6 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                    help="both engines in this precision (float64: the torch engine as a float64 witness)")
     ap.add_argument("--out", default=None, help="keep both runs' folders here (default: a temporary folder)")
     ap.add_argument("--eval-scenes", type=int, default=300,
                     help="evaluate both final models on this many validation scenes, object by object (0: skip)")
@@ -136,7 +148,7 @@ def main(argv=None) -> int:
         return 0 if print_paired(paired_validation(args.eval_only, args.eval_scenes, args.tiny)) or args.tiny else 1
 
     print(header(f"train-micro, torch engine vs NumPy engine: {args.steps} steps ({args.single_round_steps} of "
-                 f"the first phase), same init and seed" + (" [--tiny: not a comparison]" if args.tiny else ""),
+                 f"the first phase), same init and seed, {args.dtype}" + (" [--tiny: not a comparison]" if args.tiny else ""),
                  args.threads), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or tmp
@@ -149,7 +161,7 @@ def main(argv=None) -> int:
             out = os.path.join(root, engine)
             cmd = ["--worker", engine, "--init", init, "--out", out, "--steps", str(args.steps),
                    "--single-round-steps", str(args.single_round_steps), "--val-every", str(args.val_every),
-                   "--seed", str(args.seed)] + (["--threads", str(args.threads)] if args.threads else []) \
+                   "--seed", str(args.seed), "--dtype", args.dtype] + (["--threads", str(args.threads)] if args.threads else []) \
                 + (["--tiny"] if args.tiny else [])
             t0 = time.time()
             proc = start_worker(__file__, cmd, worker_env("minisam" if engine == "numpy" else "official",
@@ -173,6 +185,10 @@ def main(argv=None) -> int:
     for s0 in range(0, args.steps, 50):
         a, b = losses["torch"][s0:s0 + 50], losses["numpy"][s0:s0 + 50]
         print(f"  {s0 + 1:>6}-{min(args.steps, s0 + 50):<6} {sum(a) / len(a):.4f} / {sum(b) / len(b):.4f}")
+    rel = [abs(a - b) / abs(a) for a, b in zip(losses["torch"], losses["numpy"])]
+    parted = {t: next((i + 1 for i, r in enumerate(rel) if r > t), None) for t in (1e-12, 1e-4)}
+    print("losses step for step: " + ", ".join(
+        f"within {t:g} relative {'at every step' if s is None else f'up to step {s - 1}'}" for t, s in parted.items()))
     last = {e: logs[e]["history"][-1] for e in logs}
     diffs = {k: abs(last["torch"][k] - last["numpy"][k]) for k in ("val_point_iou", "val_box_iou")}
     ok = all(d <= BOUND for d in diffs.values())

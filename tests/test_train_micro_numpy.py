@@ -8,9 +8,10 @@ validation IoUs of the last) is compared. The torch engine runs in float64 by gi
 a float64 model (``build_official`` wrapped; the prompt encoder's float32 coordinates promoted
 before the Fourier features, as in ``tests/test_decoder_training.py``).
 
-The torch witness in float64 also computes its loss in float64 (``_float64_builder``): as the
-engine calls it, torch's loss takes float32 targets, which make its binary cross-entropy
-float32, and divides the IoU target in float32; both limit that witness to ~1e-7.
+The torch witness in float64 also computes its loss in float64
+(``minisam.reference.official.float64_torch_engine``): as the engine calls it, torch's loss takes
+float32 targets, which make its binary cross-entropy float32, and divides the IoU target in
+float32; both limit that witness to ~1e-7.
 
 Bounds (stated before measuring, never loosened to pass):
 - float64: the loss of every step within 1e-4 relative; in the short run also every parameter's
@@ -25,6 +26,7 @@ The measured worst values are printed. The 100-step runs are ``slow``; a 3-step 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -40,7 +42,6 @@ from minisam.checkpoints.formats import load_state_dict
 from minisam.checkpoints.param_tree import flatten
 from minisam.config import MICRO, make_config
 from minisam.errors import MinisamError
-from minisam.training import micro as micro_module
 from minisam.training import micro_numpy
 from minisam.training.micro import train
 
@@ -55,37 +56,6 @@ def _torch_init(cfg, seed):
     """The torch engine's initial weights: its seed, then the official modules' own init."""
     torch.manual_seed(seed)
     return {k: v.numpy().copy() for k, v in official_module.build_official(cfg).state_dict().items()}
-
-
-def _float64_builder(monkeypatch):
-    """Make the torch engine a float64 witness. Its model is built in float64 (same init: the
-    float32 draws, widened), and its loss runs wholly in float64: the engine hands the loss
-    float32 targets, with which ``binary_cross_entropy_with_logits`` returns float32 even for
-    float64 logits, and the IoU target, a ratio of two pixel counts, is divided in torch's
-    default dtype (float32). The NumPy engine in float64 computes both in float64."""
-    loss = micro_module.sam_loss_torch
-
-    def loss64(logits, iou_pred, targets, *args, **kwargs):
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            return loss(logits, iou_pred, targets.to(logits.dtype), *args, **kwargs)
-        finally:
-            torch.set_default_dtype(default)
-    monkeypatch.setattr(micro_module, "sam_loss_torch", loss64)
-    build = official_module.build_official
-
-    def build64(cfg):
-        model = build(cfg).double()
-        # Sam's pixel mean and std are float32 buffers; widened they are the float32 roundings
-        # of the constants, where the NumPy engine in float64 uses the constants themselves.
-        model.pixel_mean = torch.tensor(cfg.pixel_mean, dtype=torch.float64).view(-1, 1, 1)
-        model.pixel_std = torch.tensor(cfg.pixel_std, dtype=torch.float64).view(-1, 1, 1)
-        pe_layer = model.prompt_encoder.pe_layer
-        encode = pe_layer._pe_encoding
-        pe_layer._pe_encoding = lambda coords: encode(coords.to(torch.float64))
-        return model
-    monkeypatch.setattr(official_module, "build_official", build64)
 
 
 def run_both(tmp_path, monkeypatch, dtype, cfg, grad_steps=0, **recipe):
@@ -109,9 +79,7 @@ def run_both(tmp_path, monkeypatch, dtype, cfg, grad_steps=0, **recipe):
             our_grads[len(our_grads) + 1] = {k: v.copy() for k, v in flatten(out["grads"]).items()}
         return out
 
-    with monkeypatch.context() as m:
-        if dtype == "float64":
-            _float64_builder(m)
+    with official_module.float64_torch_engine() if dtype == "float64" else contextlib.nullcontext():
         ref = train(out_dir=str(tmp_path / "torch"), on_step=grab, **kw)
     with monkeypatch.context() as m:
         m.setattr(micro_numpy, "train_step", train_step)

@@ -12,11 +12,15 @@ so importing this module costs nothing and needs neither.
 - :func:`record` runs a callable with forward hooks on every named module and returns the
   outputs keyed by the official module path (``image_encoder.blocks.3``). A module called
   more than once gets ``path#1``, ``path#2``, ... for the later calls.
+- :func:`float64_torch_engine` makes the torch engine of ``minisam train-micro`` a float64
+  witness for the NumPy engine in float64.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from contextlib import contextmanager
 from functools import partial
 from typing import Callable, Dict
 
@@ -53,6 +57,47 @@ def build_official(cfg: SamConfig):
     )
     sam.eval()
     return sam
+
+
+@contextmanager
+def float64_torch_engine():
+    """Within the context, :func:`minisam.training.micro.train` with ``engine="torch"`` runs in
+    float64: the model of :func:`build_official` is widened (the same init: the float32 draws,
+    widened), and the loss runs wholly in float64. The engine hands the loss float32 targets, with
+    which ``binary_cross_entropy_with_logits`` returns float32 even for float64 logits, and the
+    IoU target, a ratio of two pixel counts, is divided in torch's default dtype (float32); both
+    would limit the witness to ~1e-7. The NumPy engine in float64 computes both in float64.
+    Used by ``tests/test_train_micro_numpy.py`` and ``benchmarks/train_micro_engines.py --dtype float64``.
+    """
+    import torch
+    from minisam.training import micro
+    module = sys.modules[__name__]
+    loss, build = micro.sam_loss_torch, module.build_official
+
+    def loss64(logits, iou_pred, targets, *args, **kwargs):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            return loss(logits, iou_pred, targets.to(logits.dtype), *args, **kwargs)
+        finally:
+            torch.set_default_dtype(default)
+
+    def build64(cfg):
+        model = build(cfg).double()
+        # Sam's pixel mean and std are float32 buffers; widened they are the float32 roundings
+        # of the constants, where the NumPy engine in float64 uses the constants themselves.
+        model.pixel_mean = torch.tensor(cfg.pixel_mean, dtype=torch.float64).view(-1, 1, 1)
+        model.pixel_std = torch.tensor(cfg.pixel_std, dtype=torch.float64).view(-1, 1, 1)
+        pe_layer = model.prompt_encoder.pe_layer
+        encode = pe_layer._pe_encoding
+        pe_layer._pe_encoding = lambda coords: encode(coords.to(torch.float64))
+        return model
+
+    micro.sam_loss_torch, module.build_official = loss64, build64
+    try:
+        yield
+    finally:
+        micro.sam_loss_torch, module.build_official = loss, build
 
 
 def randomize(model, seed: int = 0):

@@ -30,7 +30,10 @@ What is fused here, and why:
   windows and splits q/k/v and heads into the calls' layout; another (``merge_heads``) puts the
   heads back on the grid and crops. The official code projects the padded grid (4900 tokens at
   vit_b against 4096);
-- the neck runs channels-last: the 3x3 conv as im2col and one GEMM.
+- the neck runs channels-last: the 3x3 conv as im2col and one GEMM;
+- a block writes its activations into the arrays of the block before, one per role
+  (``_buffer``), through the ``out=`` of the functions above: fresh arrays of 12.6-50 MB
+  cost page faults at every block.
 """
 
 from __future__ import annotations

@@ -214,3 +214,30 @@ def test_fast_encoder_equals_readable_tiny(name):
     enc.image_encoder(params, cfg, x, trace=ours)
     assert set(ref) == set(ours)
     compare(ref, ours, TINY_RTOL, label=f"encoder {name} fast vs readable")
+
+
+def test_kept_workspace_gives_the_same_embeddings():
+    """``sam.image_encoder`` keeps the fast path's activation arrays from one call to the next
+    (per thread). Images in turn, a batch of another size between them and a call from another
+    thread each give, bit for bit, what a call with fresh arrays gives; ``free_workspace`` drops them."""
+    import threading
+    from minisam.modeling.sam import Sam
+    name = next(n for n, c in TINY_CONFIGS.items()
+                if c.window_size and c.image_embedding_size % c.window_size and c.encoder_global_attn_indexes)
+    cfg = TINY_CONFIGS[name]
+    params = _params(cfg, 0)
+    sam = Sam(cfg, params, fast=True)
+    rng = np.random.default_rng(0)
+    images = [rng.standard_normal((b, 3, cfg.img_size, cfg.img_size)).astype(np.float32) for b in (1, 2, 1)]
+    images.append(images[0])
+    outs = [sam.image_encoder(x) for x in images]                                # [B, C, G, G] each
+    for x, out in zip(images, outs):           # compared after all the calls: no output is a kept array
+        np.testing.assert_array_equal(out, enc.image_encoder(params["image_encoder"], cfg, x))
+    assert sam.image_encoder._workspaces.arrays, "the workspace was not kept"
+    other = {}
+    thread = threading.Thread(target=lambda: other.update(out=sam.image_encoder(images[1])))
+    thread.start()
+    thread.join()
+    np.testing.assert_array_equal(other["out"], enc.image_encoder(params["image_encoder"], cfg, images[1]))
+    sam.image_encoder.free_workspace()
+    assert not hasattr(sam.image_encoder._workspaces, "arrays")

@@ -95,7 +95,8 @@ def _buffer(buffers, role, shape):
     Why: glibc serves the larger results (12.6-50 MB each for vit_b) by a fresh mmap, or gives
     the top of its heap back to the system when they are freed, so that a forward that allocated
     them anew paid some 9000 page faults (sys time ~0.07 s of a 2.6 s vit_b forward on 2 cores)
-    and wrote to memory straight from the kernel's zeroing. One flat array per role holds the
+    and wrote to memory straight from the kernel's zeroing. Kept from one forward to the next
+    (``image_encoder``'s ``workspace``), they fault once. One flat array per role holds the
     largest shape asked of it (a windowed and a global block ask different ones) and is viewed
     to the shape asked for. The roles' lifetimes within a block do not overlap where one is
     written while another is read (see :func:`block`). ``buffers=None``: a new array.
@@ -400,11 +401,19 @@ def neck(p, x, trace=None, name="image_encoder.neck"):
     return out
 
 
-def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None) -> np.ndarray:
+def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None, workspace: Optional[dict] = None) -> np.ndarray:
     """ImageEncoderViT.forward: [B, 3, S, S] preprocessed float32 -> [B, C, S/16, S/16] embedding.
 
     ``p`` is ``params["image_encoder"]``. With a ``trace`` dict, records the outputs of the
     official modules under their full paths (``image_encoder.blocks.3.attn`` ...).
+    ``workspace``: a dict the caller keeps from one forward to the next, which holds the blocks'
+    activation arrays (:func:`_buffer`, ~210 MB for vit_b) between them; one caller at a time.
+    Without it they are allocated anew each forward, and their pages come fresh from the
+    system: on a virtual machine whose host takes back a guest's free memory (this project's
+    2-core machine), a vit_b forward after a few idle seconds took 2.83 s instead of 2.57 s, the
+    difference spent zeroing those pages (sys time 0.45 s against 0.02 s), and 2.57 s with a
+    kept workspace (``benchmarks/RESULTS.md``, 2026-12-07). ``SamPredictor`` keeps one per
+    model and thread (``sam.image_encoder``).
     """
     x = _f32(x)
     if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != cfg.img_size or x.shape[3] != cfg.img_size:
@@ -418,12 +427,12 @@ def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None) -> np.ndar
     depth = cfg.encoder_depth
     eps = cfg.encoder_norm_eps
     x_norm1 = layer_norm(tokens, blocks[0]["norm1"]["weight"], blocks[0]["norm1"]["bias"], eps)
-    buffers = {}                                                           # reused from block to block
+    buffers = {} if workspace is None else workspace                       # reused from block to block
     for i in range(depth):
         next_norm1 = blocks[i + 1]["norm1"] if i + 1 < depth else None
         tokens, x_norm1 = block(blocks[i], tokens, x_norm1, cfg.encoder_num_heads,
                                 cfg.block_window_size(i), next_norm1, trace, f"{e}.blocks.{i}", eps, buffers)
-    del buffers
+    del buffers, x_norm1
     out = neck(p["neck"], tokens, trace, e + ".neck")                      # [B, C, G, G]
     _put(trace, e, out)
     return out

@@ -19,6 +19,7 @@ Shapes: ``docs/shapes.md``.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -98,9 +99,21 @@ class ImageEncoderViT(_Part):
     def out_chans(self) -> int:
         return self.config.prompt_embed_dim
 
+    def __init__(self, sam: "Sam", key: str) -> None:
+        super().__init__(sam, key)
+        self._workspaces = threading.local()
+
     def __call__(self, x, trace: Optional[dict] = None, fast: Optional[bool] = None):  # [B, 3, S, S] -> [B, C, G, G]
-        path = image_encoder_fast if self._fast(fast) else image_encoder_readable
-        return path.image_encoder(self.params, self.config, x, trace=trace)
+        if not self._fast(fast):
+            return image_encoder_readable.image_encoder(self.params, self.config, x, trace=trace)
+        # The fast path's activation arrays, kept for the next call of this thread (~210 MB for
+        # vit_b; why: ``minisam.kernels.image_encoder.image_encoder``); free_workspace() drops them.
+        workspace = self._workspaces.__dict__.setdefault("arrays", {})
+        return image_encoder_fast.image_encoder(self.params, self.config, x, trace=trace, workspace=workspace)
+
+    def free_workspace(self) -> None:
+        """Drop the calling thread's kept activation arrays of the fast path (the next call allocates them again)."""
+        self._workspaces.__dict__.pop("arrays", None)
 
 
 class PromptEncoder(_Part):

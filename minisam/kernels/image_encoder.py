@@ -366,11 +366,15 @@ def block(p, x, x_norm1, num_heads, window_size, next_norm1=None, trace=None, na
     return x, x_next
 
 
-def conv3x3(x, weight):
-    """3x3 conv, padding 1, no bias, channels-last, as im2col + one GEMM.  [B, H, W, C], [O, C, 3, 3] -> [B, H, W, O]"""
+def conv3x3(x, weight, buffers=None):
+    """3x3 conv, padding 1, no bias, channels-last, as im2col + one GEMM.  [B, H, W, C], [O, C, 3, 3] -> [B, H, W, O]
+
+    ``buffers``: see :func:`_buffer` (the im2col columns are 37.7 MB for vit_b)."""
     B, H, W, C = x.shape
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))                       # [B, H+2, W+2, C]
-    cols = np.empty((B, H, W, 3, 3, C), np.float32)                        # [B, H, W, ky, kx, C]
+    cols = _buffer(buffers, "neck.cols", (B, H, W, 3, 3, C))               # [B, H, W, ky, kx, C]
+    if cols is None:
+        cols = np.empty((B, H, W, 3, 3, C), np.float32)
     for ky in range(3):
         for kx in range(3):
             cols[:, :, :, ky, kx] = xp[:, ky:ky + H, kx:kx + W]
@@ -378,11 +382,11 @@ def conv3x3(x, weight):
     return linear(cols.reshape(B, H, W, 9 * C), w)                        # [B, H, W, O]
 
 
-def neck(p, x, trace=None, name="image_encoder.neck"):
+def neck(p, x, trace=None, name="image_encoder.neck", buffers=None):
     """1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d (image_encoder.py L88-104), all channels-last.
 
     [B, G, G, D] -> [B, C, G, G]. A LayerNorm2d over channels is a LayerNorm over the last
-    axis of the channels-last tensor.
+    axis of the channels-last tensor. ``buffers``: see :func:`_buffer`.
     """
     def nchw(t):
         return t.transpose(0, 3, 1, 2)
@@ -392,7 +396,7 @@ def neck(p, x, trace=None, name="image_encoder.neck"):
     _put(trace, name + ".0", nchw(y))
     y = layer_norm(y, p[1]["weight"], p[1]["bias"], LAYER_NORM_2D_EPS)                  # [B, G, G, C]
     _put(trace, name + ".1", nchw(y))
-    y = conv3x3(y, p[2]["weight"])                                         # [B, G, G, C]
+    y = conv3x3(y, p[2]["weight"], buffers)                                # [B, G, G, C]
     _put(trace, name + ".2", nchw(y))
     y = layer_norm(y, p[3]["weight"], p[3]["bias"], LAYER_NORM_2D_EPS)                  # [B, G, G, C]
     out = np.ascontiguousarray(nchw(y))                                    # [B, C, G, G]
@@ -432,7 +436,6 @@ def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None, workspace:
         next_norm1 = blocks[i + 1]["norm1"] if i + 1 < depth else None
         tokens, x_norm1 = block(blocks[i], tokens, x_norm1, cfg.encoder_num_heads,
                                 cfg.block_window_size(i), next_norm1, trace, f"{e}.blocks.{i}", eps, buffers)
-    del buffers, x_norm1
-    out = neck(p["neck"], tokens, trace, e + ".neck")                      # [B, C, G, G]
+    out = neck(p["neck"], tokens, trace, e + ".neck", buffers)             # [B, C, G, G]
     _put(trace, e, out)
     return out

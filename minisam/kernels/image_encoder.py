@@ -411,13 +411,13 @@ def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None, workspace:
     ``p`` is ``params["image_encoder"]``. With a ``trace`` dict, records the outputs of the
     official modules under their full paths (``image_encoder.blocks.3.attn`` ...).
     ``workspace``: a dict the caller keeps from one forward to the next, which holds the blocks'
-    activation arrays (:func:`_buffer`, ~210 MB for vit_b) between them; one caller at a time.
+    activation arrays (:func:`_buffer`, ~250 MB for vit_b) between them; one caller at a time.
     Without it they are allocated anew each forward, and their pages come fresh from the
-    system: on a virtual machine whose host takes back a guest's free memory (this project's
-    2-core machine), a vit_b forward after a few idle seconds took 2.83 s instead of 2.57 s, the
-    difference spent zeroing those pages (sys time 0.45 s against 0.02 s), and 2.57 s with a
-    kept workspace (``benchmarks/RESULTS.md``, 2026-12-07). ``SamPredictor`` keeps one per
-    model and thread (``sam.image_encoder``).
+    system. On a virtual machine whose host takes back a guest's idle free memory (this
+    project's 2-core machine, the likely cause), a vit_b forward after a few idle seconds took
+    2.80-2.89 s, sys time 0.38-0.50 s (the zeroing of those pages), against 2.57 s and 0.02 s
+    with a kept workspace (``benchmarks/RESULTS.md``, 2026-12-07). ``SamPredictor`` keeps one
+    per model and thread (``sam.image_encoder``).
     """
     x = _f32(x)
     if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != cfg.img_size or x.shape[3] != cfg.img_size:

@@ -106,7 +106,7 @@ class ImageEncoderViT(_Part):
     def __call__(self, x, trace: Optional[dict] = None, fast: Optional[bool] = None):  # [B, 3, S, S] -> [B, C, G, G]
         if not self._fast(fast):
             return image_encoder_readable.image_encoder(self.params, self.config, x, trace=trace)
-        # The fast path's activation arrays, kept for the next call of this thread (~210 MB for
+        # The fast path's activation arrays, kept for the next call of this thread (~250 MB for
         # vit_b; why: ``minisam.kernels.image_encoder.image_encoder``); free_workspace() drops them.
         workspace = self._workspaces.__dict__.setdefault("arrays", {})
         return image_encoder_fast.image_encoder(self.params, self.config, x, trace=trace, workspace=workspace)

@@ -351,7 +351,7 @@ def _attention_gemms_only(lo, hi, q, k, v, calls, q_rows, k_rows, kw):
     """Tasks [lo, hi) of ``kernels.attention._flash_tasks`` with only its two GEMMs per key block."""
     A, T, hd = q.shape
     n_qb = -(-T // q_rows)
-    S = np.empty((calls, q_rows, k_rows * kw), np.float32)                     # [calls, r, kb*kw]
+    ST = np.empty((calls, k_rows * kw, q_rows), np.float32)                    # [calls, kb*kw, r] scores^T
     PV = np.empty((calls, q_rows, hd), np.float32)                             # [calls, r, hd]
     for task in range(lo, hi):
         g, qb = divmod(task, n_qb)
@@ -359,9 +359,9 @@ def _attention_gemms_only(lo, hi, q, k, v, calls, q_rows, k_rows, kw):
         n1, i1 = min(A, n0 + calls), min(T, i0 + q_rows)
         for j0 in range(0, T, k_rows * kw):
             j1 = min(T, j0 + k_rows * kw)
-            s = S[:n1 - n0, :i1 - i0, :j1 - j0]
-            np.matmul(q[n0:n1, i0:i1], k[n0:n1, j0:j1].transpose(0, 2, 1), out=s)
-            np.matmul(s, v[n0:n1, j0:j1], out=PV[:n1 - n0, :i1 - i0])
+            st = ST[:n1 - n0, :j1 - j0, :i1 - i0]
+            np.matmul(k[n0:n1, j0:j1], q[n0:n1, i0:i1].transpose(0, 2, 1), out=st)
+            np.matmul(st.transpose(0, 2, 1), v[n0:n1, j0:j1], out=PV[:n1 - n0, :i1 - i0])
 
 
 def gemm_ceiling(cfg, repeats: int = 3) -> dict:

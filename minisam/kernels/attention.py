@@ -31,7 +31,8 @@ The Numba kernel holds each scores block transposed, keys by queries ([kb kw, r]
   query axis, one running max and one float64 sum per query, which vectorize with no
   horizontal reduction.
 The rel-pos terms of the task's rows are gathered once per task into the same layout ([kh, r]
-and [kw, r]). A vit_b global block ran 9% faster this way than with [r, kb kw] blocks.
+and [kw, r]). A vit_b global block ran 8% faster this way than with [r, kb kw] blocks
+(``benchmarks/RESULTS.md``, 2026-12-07, fourth session).
 
 Why blocks of whole key rows: the rel-pos add then reads one rel_h column per key row and one
 rel_w column per key. Why this shape of work: each task's scores block

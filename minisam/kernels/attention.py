@@ -244,7 +244,7 @@ def _flash_tasks(lo, hi, q, k, v, rel_h, rel_w, out, calls, q_rows, k_rows):
             a1 = min(kh, a0 + k_rows)
             j0, j1 = a0 * kw, a1 * kw
             st = ST[:nc, :j1 - j0, :nr]                                        # [nc, kb*kw, nr] view
-            np.matmul(k[n0:n1, j0:j1], q[n0:n1, i0:i1].transpose(0, 2, 1), out=st)
+            np.matmul(k[n0:n1, j0:j1], q[n0:n1, i0:i1].transpose(0, 2, 1), out=st)  # [nc, kb*kw, nr] K Q^T
             _online_softmax_rel_pos_kernel(ST, nc, nr, a1 - a0, rel_h_t, rel_w_t, a0, a0 == 0,
                                            m, l, alpha, m_new, total)
             np.matmul(st.transpose(0, 2, 1), v[n0:n1, j0:j1], out=PV[:nc, :nr])  # [nc, nr, hd]

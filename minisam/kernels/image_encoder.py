@@ -102,7 +102,7 @@ def _buffer(buffers, role, shape):
     written while another is read (see :func:`block`). ``buffers=None``: a new array.
     """
     if buffers is None:
-        return None
+        return np.empty(shape, np.float32)
     size = int(np.prod(shape))
     flat = buffers.get(role)
     if flat is None or flat.size < size:
@@ -136,8 +136,7 @@ def rel_pos_terms(q, rel_pos_h, rel_pos_w, hw, buffers=None):
     N, T, hd = q.shape
     Rh = get_rel_pos(h, h, rel_pos_h)                                      # [h, h, hd]
     Rw = get_rel_pos(w, w, rel_pos_w)                                      # [w, w, hd]
-    out = None if buffers is None else (_buffer(buffers, "attn.rel_h", (N, h, w, h)),
-                                        _buffer(buffers, "attn.rel_w", (N, h, w, w)))
+    out = _buffer(buffers, "attn.rel_h", (N, h, w, h)), _buffer(buffers, "attn.rel_w", (N, h, w, w))
     rel_h, rel_w = rel_pos_dot_products(q.reshape(N, h, w, hd), Rh, Rw, out)    # [A, h, w, h], [A, h, w, w]
     return rel_h.reshape(N, T, h), rel_w.reshape(N, T, w)
 
@@ -373,8 +372,6 @@ def conv3x3(x, weight, buffers=None):
     B, H, W, C = x.shape
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))                       # [B, H+2, W+2, C]
     cols = _buffer(buffers, "neck.cols", (B, H, W, 3, 3, C))               # [B, H, W, ky, kx, C]
-    if cols is None:
-        cols = np.empty((B, H, W, 3, 3, C), np.float32)
     for ky in range(3):
         for kx in range(3):
             cols[:, :, :, ky, kx] = xp[:, ky:ky + H, kx:kx + W]
@@ -413,10 +410,10 @@ def image_encoder(p, cfg: SamConfig, x, trace: Optional[dict] = None, workspace:
     ``workspace``: a dict the caller keeps from one forward to the next, which holds the blocks'
     activation arrays (:func:`_buffer`, ~250 MB for vit_b) between them; one caller at a time.
     Without it they are allocated anew each forward, and their pages come fresh from the
-    system. On a virtual machine whose host takes back a guest's idle free memory (this
-    project's 2-core machine, the likely cause), a vit_b forward after a few idle seconds took
-    2.80-2.89 s, sys time 0.38-0.50 s (the zeroing of those pages), against 2.57 s and 0.02 s
-    with a kept workspace (``benchmarks/RESULTS.md``, 2026-12-07). ``SamPredictor`` keeps one
+    system, which on a virtual machine may have taken back the guest's idle free memory: on the
+    ~470 GFLOP/s AVX-512 host of ``benchmarks/RESULTS.md`` (2026-12-07), a vit_b forward after a
+    few idle seconds took 2.80-2.89 s, sys time 0.38-0.50 s (the zeroing of those pages), against
+    2.57 s and 0.02 s with a kept workspace. ``SamPredictor`` keeps one
     per model and thread (``sam.image_encoder``).
     """
     x = _f32(x)
